@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11, git and make:
+#   make repro   run the whole pipeline on the data pinned by data.dvc
+#   make test    run the test suite
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# DVC runs each stage's `python -m ...` through the shell: it must find the venv's python.
+export PATH := $(abspath $(BIN)):$(PATH)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: repro test data install lint clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make repro  - install, make sure data/ is present, run 'dvc repro'"
+	@echo "make test   - install, make sure data/ is present, run the tests"
+	@echo "make lint   - ruff"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[pipeline,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# data/ must match data.dvc: dvc pull from a configured remote, else the embedded sample.
+data: $(STAMP)
+	$(BIN)/rarespecies ensure-data
+
+repro: data
+	$(BIN)/dvc repro
+	@echo
+	@echo "Metrics:  $(BIN)/dvc metrics show   (files: metrics/*.json)"
+	@echo "Plots:    $(BIN)/dvc plots show     (writes dvc_plots/index.html)"
+	@echo "Model:    models/convnext_full.onnx  (benchmark: metrics/benchmark.json)"
+
+test: data
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf artifacts models dvclive dvc_plots .pytest_cache

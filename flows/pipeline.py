@@ -1,0 +1,122 @@
+"""Prefect flow `pipeline`: one task per DVC stage, in the order dvc.yaml defines.
+
+DVC decides what runs: each task calls `dvc repro --single-item <stage>`, which skips a stage
+whose dependencies did not change. Prefect records what ran, retries transient failures (the
+repository lock held by another DVC process) and names the stage that failed.
+
+    python -m flows.pipeline [--debug]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+# DVC prints these when another process holds the repository lock: worth a retry.
+TRANSIENT_MARKERS = ("Unable to acquire lock", "is busy", "Lock")
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage exited with an error."""
+
+    def __init__(self, stage: str, detail: str, transient: bool = False) -> None:
+        super().__init__(f"stage {stage} failed: {detail}")
+        self.stage, self.transient = stage, transient
+
+
+def pipeline_stages(root: Path) -> list[str]:
+    """Stage names of dvc.yaml (matrix/foreach expanded) with dependencies first.
+
+    Args:
+        root: the DVC project.
+
+    Returns:
+        Stage addresses such as `train@convnext_full`, in an order DVC could run them.
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        order = reversed(list(nx.lexicographical_topological_sort(graph, key=str)))
+        return [s.addressing for s in order if isinstance(s, PipelineStage)]
+
+
+def _dvc() -> str:
+    return str(Path(sys.executable).with_name("dvc"))
+
+
+def _transient(task, task_run, state) -> bool:
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, StageFailed) and error.transient
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=_transient,
+      task_run_name="{stage}")
+def run_stage(stage: str, root: str) -> dict:
+    """Let DVC run one stage if its inputs changed; report whether it ran and how long."""
+    logger = get_run_logger()
+    start = time.perf_counter()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([_dvc(), "repro", "--single-item", stage], cwd=root, env=env,
+                          capture_output=True, text=True)
+    seconds = round(time.perf_counter() - start, 1)
+    output = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        lines = [ln for ln in output.splitlines() if ln.strip()]
+        detail = " | ".join(lines[-3:]) or f"exit code {proc.returncode}"
+        raise StageFailed(stage, detail, any(m in output for m in TRANSIENT_MARKERS))
+    ran = f"Running stage '{stage}'" in output
+    logger.info("%s: %s in %.1f s", stage, "ran" if ran else "skipped (unchanged)", seconds)
+    return {"stage": stage, "ran": ran, "seconds": seconds}
+
+
+def collect_metrics(root: Path) -> dict:
+    """Metrics files of the run, by file stem."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((root / "metrics").glob("*.json"))}
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(root: str = ".") -> dict:
+    """Run every DVC stage in dependency order; return what ran, what was skipped, the metrics.
+
+    Args:
+        root: the DVC project folder.
+
+    Returns:
+        {"stages": [{"stage", "ran", "seconds"}...], "metrics": {...}}.
+    """
+    logger = get_run_logger()
+    results = [run_stage(stage, root) for stage in pipeline_stages(Path(root))]
+    ran = [r["stage"] for r in results if r["ran"]]
+    skipped = [r["stage"] for r in results if not r["ran"]]
+    logger.info("ran %d stage(s): %s", len(ran), ", ".join(ran) or "none")
+    logger.info("skipped %d unchanged stage(s): %s", len(skipped), ", ".join(skipped) or "none")
+    metrics = collect_metrics(Path(root))
+    for name, values in metrics.items():
+        if "macro_f1" in values:
+            logger.info("%s: test macro F1 %.4f", name, values["macro_f1"])
+    return {"stages": results, "metrics": metrics}
+
+
+def main() -> None:
+    """Command line: `python -m flows.pipeline [--debug] [ROOT]`."""
+    args = [a for a in sys.argv[1:] if a != "--debug"]
+    try:
+        pipeline(args[0] if args else ".")
+    except StageFailed as error:
+        if "--debug" in sys.argv:
+            raise
+        print(f"pipeline: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

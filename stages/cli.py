@@ -1,0 +1,86 @@
+"""`rarespecies`: the commands that are not DVC stages (data set-up now; acquire/predict later)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Rare-species family classifier: data and model commands.",
+                  pretty_exceptions_enable=False, no_args_is_help=True)
+_state = {"debug": False}
+
+
+class DataError(RuntimeError):
+    """data/ cannot be brought in line with data.dvc."""
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+    _state["debug"] = debug
+
+
+def _fail(error: Exception) -> None:
+    if _state["debug"]:
+        raise error
+    typer.secho(f"error: {error}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def sample(out: Path = typer.Option(Path("data"), help="Folder to (re)write."),
+           tiny: bool = typer.Option(False, help="A handful of small images, for tests."),
+           seed: int = typer.Option(42, help="Generator seed (42 is what data.dvc pins).")) -> None:
+    """Write the embedded synthetic sample in the course layout (deterministic bytes)."""
+    from dataclasses import replace
+
+    from stages.sample import TINY, SampleSpec, generate_sample
+
+    spec = replace(TINY if tiny else SampleSpec(), seed=seed)
+    try:
+        summary = generate_sample(out, spec, progress=True)
+    except OSError as error:
+        _fail(error)
+    typer.echo(f"wrote {summary['images']} synthetic images of {summary['families']} families "
+               f"({summary['phyla']} phyla) to {out}/")
+
+
+def _dvc(*args: str) -> subprocess.CompletedProcess:
+    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    return subprocess.run([dvc, *args], capture_output=True, text=True)
+
+
+def data_matches(target: str = "data.dvc") -> bool:
+    """True when the data folder holds exactly what `target` pins."""
+    result = _dvc("status", "--json", target)
+    return result.returncode == 0 and json.loads(result.stdout or "{}") == {}
+
+
+@app.command("ensure-data")
+def ensure_data() -> None:
+    """Make data/ match data.dvc: keep it, `dvc pull` it, or regenerate the sample."""
+    try:
+        if data_matches():
+            typer.echo("data/ matches data.dvc")
+            return
+        if _dvc("remote", "list").stdout.strip():
+            pulled = _dvc("pull", "data.dvc")
+            if pulled.returncode == 0 and data_matches():
+                typer.echo("data/ pulled from the DVC remote")
+                return
+            typer.echo("DVC remote unreachable or incomplete; regenerating the embedded sample")
+        sample(out=Path("data"), tiny=False, seed=42)
+        if not data_matches():
+            raise DataError("data/ does not match data.dvc after regenerating the sample: "
+                            "data.dvc pins other data; `dvc pull` it from its remote or "
+                            "`dvc add data` to version what is there")
+    except (DataError, OSError) as error:
+        _fail(error)
+
+
+if __name__ == "__main__":
+    app()

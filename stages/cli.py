@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -20,7 +21,7 @@ class DataError(RuntimeError):
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     _state["debug"] = debug
 
 
@@ -32,9 +33,11 @@ def _fail(error: Exception) -> None:
 
 
 @app.command()
-def sample(out: Path = typer.Option(Path("data"), help="Folder to (re)write."),
-           tiny: bool = typer.Option(False, help="A handful of small images, for tests."),
-           seed: int = typer.Option(42, help="Generator seed (42 is what data.dvc pins).")) -> None:
+def sample(
+    out: Annotated[Path, typer.Option(help="Folder to (re)write.")] = Path("data"),
+    tiny: Annotated[bool, typer.Option(help="A handful of small images, for tests.")] = False,
+    seed: Annotated[int, typer.Option(help="Generator seed (42 is what data.dvc pins).")] = 42,
+) -> None:
     """Write the embedded synthetic sample in the course layout (deterministic bytes)."""
     from dataclasses import replace
 
@@ -43,7 +46,7 @@ def sample(out: Path = typer.Option(Path("data"), help="Folder to (re)write."),
     spec = replace(TINY if tiny else SampleSpec(), seed=seed)
     try:
         summary = generate_sample(out, spec, progress=True)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         _fail(error)
     typer.echo(f"wrote {summary['images']} synthetic images of {summary['families']} families "
                f"({summary['phyla']} phyla) to {out}/")

@@ -23,7 +23,8 @@ def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> flo
     return float(np.mean(np.any(top == y_true[:, None], axis=1)))
 
 
-def score(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> tuple[dict, pd.DataFrame]:
+def score(y_true: np.ndarray, probabilities: np.ndarray,
+          labels: list[str]) -> tuple[dict, pd.DataFrame]:
     """Overall metrics and the per-family table.
 
     Args:

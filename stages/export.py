@@ -88,6 +88,8 @@ def export(model: str, settings: ModelParams, params: ExportParams, out_path: Pa
     from stages.onnx_export import check_parity, convert_to_onnx, parity
 
     labels = read_json("artifacts/split/labels.json")
+    # data.dvc cannot be a DVC dependency (DVC refuses .dvc files); its hash is the `data`
+    # dependency of ingest, so a change to it reruns this stage anyway.
     metadata = provenance(model, settings, labels, Path("data.dvc"),
                           read_json(f"metrics/{model}.json"))
     keras_model = load_inference_model(model, settings)

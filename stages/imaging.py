@@ -19,7 +19,8 @@ class ImageError(ValueError):
     """An image cannot be decoded or is out of bounds."""
 
 
-def open_rgb(path: str | Path, max_side: int, max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
+def open_rgb(path: str | Path, max_side: int,
+             max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
     """Decode an image as RGB with its longest side at most `max_side`.
 
     Large JPEGs are decoded downscaled by libjpeg (Pillow's draft mode), which is several times
@@ -40,7 +41,8 @@ def open_rgb(path: str | Path, max_side: int, max_pixels: int) -> tuple[Image.Im
         with Image.open(path) as img:
             source_size = img.size
             if source_size[0] * source_size[1] > max_pixels:
-                raise ImageError(f"{source_size[0]}x{source_size[1]} exceeds max_pixels {max_pixels}")
+                width, height = source_size
+                raise ImageError(f"{width}x{height} exceeds max_pixels {max_pixels}")
             if img.format == "JPEG":
                 # draft() picks a DCT scale (1/2, 1/4, 1/8) that stays at least this large.
                 img.draft("RGB", (max_side, max_side))

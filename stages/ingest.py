@@ -45,14 +45,14 @@ class Row:
         return f"{self.phylum}_{self.family}"
 
 
-def read_metadata(data_dir: Path) -> tuple[list[Row], list[dict]]:
+def read_metadata(data_dir: Path) -> tuple[list[Row], list[dict], int]:
     """Read `metadata.csv`, checking each row.
 
     Args:
         data_dir: the course-layout data folder.
 
     Returns:
-        Rows to decode, and quarantine entries for rows refused here.
+        Rows to decode, quarantine entries for rows refused here, and the number of rows.
 
     Raises:
         IngestError: metadata.csv is missing or its header lacks a column.
@@ -71,6 +71,7 @@ def read_metadata(data_dir: Path) -> tuple[list[Row], list[dict]]:
         if missing:
             raise IngestError(f"{metadata}: header lacks {', '.join(missing)}; expected "
                               f"{','.join(COURSE_HEADER)}")
+        line = 1  # the header
         for line, record in enumerate(reader, start=2):
             values = {k: (record.get(k) or "").strip() for k in COURSE_HEADER}
 
@@ -97,7 +98,7 @@ def read_metadata(data_dir: Path) -> tuple[list[Row], list[dict]]:
             rows.append(Row(line, values["rare_species_id"], values["phylum"].lower(),
                             values["family"].lower(), values["eol_content_id"],
                             values["eol_page_id"], source))
-    return rows, quarantined
+    return rows, quarantined, line - 1
 
 
 def _decode(job: tuple[Row, Path, int, int, int]) -> dict:
@@ -136,7 +137,7 @@ def ingest(data_dir: Path, images_dir: Path, manifest_path: Path, report_path: P
     """
     from tqdm import tqdm
 
-    rows, quarantined = read_metadata(data_dir)
+    rows, quarantined, metadata_rows = read_metadata(data_dir)
     listed = {r.source.resolve() for r in rows} | {
         (data_dir / q["path"]).resolve() for q in quarantined if q["path"]}
     image_files = sorted(p for p in data_dir.rglob("*")
@@ -178,7 +179,7 @@ def ingest(data_dir: Path, images_dir: Path, manifest_path: Path, report_path: P
 
     reasons = Counter(q["reason"].split(" (")[0] for q in quarantined)
     report = {
-        "metadata_rows": len(rows) + sum(1 for q in quarantined if q["line"] is not None),
+        "metadata_rows": metadata_rows,
         "image_files": len(image_files),
         "ingested": len(manifest),
         "quarantined": len(quarantined),

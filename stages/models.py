@@ -24,7 +24,9 @@ def build_cnn(head: CnnHead, input_size: int, classes: int) -> keras.Model:
         # The first block strides to keep the cost per image low at 224 px on CPU.
         x = keras.layers.Conv2D(filters, 3, strides=2 if i == 0 else 1, padding="same",
                                 use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        # A fast-moving average: a few hundred images give few steps per epoch, and the
+        # default momentum (0.99) leaves validation-time statistics far from the data.
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
         x = keras.layers.Activation("relu")(x)
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -61,5 +63,7 @@ def build_optimizer(training: TrainingParams) -> keras.optimizers.Optimizer:
     kinds = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
              "rmsprop": keras.optimizers.RMSprop}
     # Keras treats weight_decay=None as "no decay"; AdamW needs a number.
-    decay = training.weight_decay if training.weight_decay or training.optimizer == "adamw" else None
+    decay = training.weight_decay or None
+    if training.optimizer == "adamw":
+        decay = training.weight_decay
     return kinds[training.optimizer](training.learning_rate, weight_decay=decay)

@@ -71,7 +71,7 @@ def train(settings: ModelParams, data_dir: Path, classes: int, out_file: Path,
     val_data = batches(x_val, y_val, t.batch_size)
     with Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None) as live:
         history = model.fit(
-            train_data, validation_data=val_data, epochs=t.epochs, verbose=2,
+            train_data, validation_data=val_data, epochs=t.epochs, verbose=2, shuffle=False,
             callbacks=[MacroF1(val_data, y_val),
                        keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience,
                                                      restore_best_weights=True),

@@ -1,0 +1,112 @@
+"""Shared fixtures: tiny course-layout folders and a tiny copy of the whole project."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+HEADER = ["rare_species_id", "eol_content_id", "eol_page_id", "kingdom", "phylum", "family",
+          "file_path"]
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` over `base`, recursively for nested dictionaries."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (deep_merge(base[key], value)
+                       if isinstance(value, dict) and isinstance(base.get(key), dict) else value)
+    return merged
+
+
+def tiny_params() -> dict:
+    """params.yaml with the tiny profile applied."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return deep_merge(base, yaml.safe_load((ROOT / "tests/profiles/tiny.yaml").read_text()))
+
+
+def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the test environment's executables first on PATH."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def write_course_folder(root: Path, families: dict[str, int], size: int = 64,
+                        seed: int = 0) -> list[dict]:
+    """A course-layout folder of random JPEGs; returns its metadata rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, count in families.items():
+        phylum, family = label.split("_", 1)
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            content_id = 10_000_000 + len(rows)
+            path = f"{label}/{content_id}_{i}_eol-full-size-copy.jpg"
+            pixels = rng.integers(0, 255, (size, size + 8 * i, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / path, quality=90)
+            rows.append({"rare_species_id": f"id-{len(rows):04d}", "eol_content_id": content_id,
+                         "eol_page_id": i, "kingdom": "animalia", "phylum": phylum,
+                         "family": family, "file_path": path})
+    write_metadata(root, rows)
+    return rows
+
+
+def write_metadata(root: Path, rows: list[dict], header: list[str] = HEADER) -> None:
+    """Write metadata.csv with the given rows."""
+    with (root / "metadata.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture
+def course_folder(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """Three families of 5 random images each."""
+    root = tmp_path / "data"
+    rows = write_course_folder(root, {"chordata_ardeidae": 5, "chordata_balaenidae": 5,
+                                      "mollusca_unionidae": 5})
+    return root, rows
+
+
+def copy_project(target: Path) -> Path:
+    """Copy the project's tracked and unignored files (no venv, data or outputs) to `target`."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project in a fresh git repository, with the tiny profile and tiny sample."""
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    for generated in ("dvc.lock", "metrics", "reports", "plots", "dvclive"):
+        path = project / generated
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run(sys.executable, "-m", "stages.cli", "sample", "--tiny", "--out", "data", cwd=project)
+    run("git", "init", "-q", cwd=project)
+    run("dvc", "add", "-q", "data", cwd=project)
+    run("git", "add", "-A", cwd=project)
+    run("git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm",
+        "tiny project", cwd=project)
+    return project

@@ -54,8 +54,9 @@ def train(settings: ModelParams, data_dir: Path, classes: int, out_file: Path,
     Returns:
         Epochs run, the best epoch and its validation loss and macro F1.
     """
-    from dvclive import Live
     from dvclive.keras import DVCLiveCallback
+
+    from dvclive import Live
 
     t = settings.training
     seed_everything(t.seed)

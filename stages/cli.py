@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -43,9 +42,9 @@ def sample(
 
     from stages.sample import TINY, SampleSpec, generate_sample
 
-    spec = replace(TINY if tiny else SampleSpec(), seed=seed)
     try:
-        summary = generate_sample(out, spec, progress=True)
+        summary = generate_sample(out, replace(TINY if tiny else SampleSpec(), seed=seed),
+                                  progress=True)
     except (OSError, ValueError) as error:
         _fail(error)
     typer.echo(f"wrote {summary['images']} synthetic images of {summary['families']} families "
@@ -58,9 +57,16 @@ def _dvc(*args: str) -> subprocess.CompletedProcess:
 
 
 def data_matches(target: str = "data.dvc") -> bool:
-    """True when the data folder holds exactly what `target` pins."""
-    result = _dvc("status", "--json", target)
-    return result.returncode == 0 and json.loads(result.stdout or "{}") == {}
+    """True when the data folder holds exactly what `target` pins.
+
+    Hashes the workspace with DVC itself; unlike `dvc status`, this also answers on a fresh
+    clone whose DVC cache is still empty.
+    """
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        (stage,) = repo.stage.collect(target)
+        return all(out.exists and out.get_hash() == out.hash_info for out in stage.outs)
 
 
 @app.command("ensure-data")
@@ -81,6 +87,8 @@ def ensure_data() -> None:
             raise DataError("data/ does not match data.dvc after regenerating the sample: "
                             "data.dvc pins other data; `dvc pull` it from its remote or "
                             "`dvc add data` to version what is there")
+        # Fill the DVC cache too, so `dvc push` and `dvc checkout` work from here on.
+        _dvc("commit", "--force", "--quiet", "data.dvc")
     except (DataError, OSError) as error:
         _fail(error)
 

@@ -46,7 +46,13 @@ def pipeline_stages(root: Path) -> list[str]:
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         order = reversed(list(nx.lexicographical_topological_sort(graph, key=str)))
-        return [s.addressing for s in order if isinstance(s, PipelineStage)]
+        return [_address(s, root) for s in order if isinstance(s, PipelineStage)]
+
+
+def _address(stage, root: Path) -> str:
+    """`name`, or `path/dvc.yaml:name` outside the root dvc.yaml (relative to the project)."""
+    dvcfile = os.path.relpath(stage.dvcfile.path, root)
+    return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
 
 
 def _dvc() -> str:

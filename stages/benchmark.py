@@ -77,7 +77,6 @@ def benchmark(keras_model, onnx_path: Path, images: np.ndarray, params: Benchmar
     import tensorflow as tf
 
     threads = params.threads or os.cpu_count() or 1
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
     reps = -(-params.batch_size // len(images))
     batch = np.concatenate([images] * reps)[:params.batch_size]
     one = images[:1]
@@ -106,7 +105,12 @@ def main() -> None:
     from stages.params import load_params
 
     def work() -> str:
+        import tensorflow as tf
+
         params = load_params()
+        # Both runtimes get the same thread count; TF takes it only before its first op.
+        tf.config.threading.set_intra_op_parallelism_threads(
+            params.benchmark.threads or os.cpu_count() or 1)
         name = params.export.model
         images, _ = load_split(Path(f"artifacts/arrays/{name}"), "test")
         figures = benchmark(load_inference_model(name, params.model(name)),

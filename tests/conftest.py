@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,3 +111,14 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run("git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm",
         "tiny project", cwd=project)
     return project
+
+
+@pytest.fixture(scope="session")
+def reproduced(tiny_project: Path) -> tuple[Path, str]:
+    """The tiny project after one full `dvc repro`, with that run's output."""
+    return tiny_project, run("dvc", "repro", cwd=tiny_project).stdout
+
+
+def ran_stages(output: str) -> set[str]:
+    """Stages a `dvc repro` output says it ran."""
+    return set(re.findall(r"Running stage '([^']+)'", output))

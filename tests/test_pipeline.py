@@ -1,25 +1,14 @@
 """The whole pipeline on the tiny profile: outputs, parity, reruns exactly what changed."""
 
 import json
-import re
 
 import pytest
 import yaml
 
-from conftest import run
+from conftest import ran_stages, run
 
 pytestmark = pytest.mark.slow
 MODELS = ("custom_cnn", "convnext_full")
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-@pytest.fixture(scope="session")
-def reproduced(tiny_project):
-    """The tiny project after one full `dvc repro`, with that run's output."""
-    return tiny_project, run("dvc", "repro", cwd=tiny_project).stdout
 
 
 def test_first_repro_runs_every_stage(reproduced):

@@ -1,0 +1,87 @@
+"""The Prefect pipeline flow: DVC's order, DVC's skip decisions, named failures, retries."""
+
+import subprocess
+
+import pytest
+import yaml
+
+from flows.pipeline import StageFailed, pipeline, pipeline_stages, run_stage
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+def test_stage_order_is_read_from_dvc_yaml():
+    order = pipeline_stages(ROOT)
+    assert order[0] == "ingest" and order[-1] in {"benchmark", "evaluate@custom_cnn"}
+    for before, after in [("validate", "split"), ("preprocess@convnext_full",
+                          "features@convnext_full"), ("features@convnext_full",
+                          "train@convnext_full"), ("evaluate@convnext_full", "export"),
+                          ("export", "benchmark"), ("train@custom_cnn", "evaluate@custom_cnn")]:
+        assert order.index(before) < order.index(after)
+    assert len(order) == len(set(order)) == 12
+
+
+def edit_params(project, change):
+    path = project / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    change(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return lambda: path.write_text(original)
+
+
+def test_flow_skips_unchanged_stages_and_runs_changed_ones(reproduced, harness):
+    project, _ = reproduced
+    result = pipeline(str(project))
+    assert [r["stage"] for r in result["stages"]] == pipeline_stages(project)
+    assert not any(r["ran"] for r in result["stages"])
+    assert 0 <= result["metrics"]["custom_cnn"]["macro_f1"] <= 1
+    restore = edit_params(project, lambda p: p["models"]["custom_cnn"]["training"].update(
+        epochs=2))
+    try:
+        result = pipeline(str(project))
+        assert {r["stage"] for r in result["stages"] if r["ran"]} == {
+            "train@custom_cnn", "evaluate@custom_cnn"}
+    finally:
+        restore()
+        pipeline(str(project))
+
+
+def test_failing_stage_fails_the_flow_naming_it(reproduced, harness):
+    project, _ = reproduced
+    restore = edit_params(project, lambda p: p["ingest"].update(max_side=1))
+    try:
+        with pytest.raises(StageFailed, match=r"stage ingest failed: .*ingest\.max_side"):
+            pipeline(str(project))
+    finally:
+        restore()
+
+
+def test_lock_contention_is_retried_data_errors_are_not(monkeypatch, harness, tmp_path):
+    calls = []
+    replies = iter([(1, "ERROR: Unable to acquire lock"), (0, "Running stage 'x'")])
+
+    def fake_run(args, **kwargs):
+        calls.append(args)
+        code, out = next(replies)
+        return subprocess.CompletedProcess(args, code, stdout=out, stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    quick = run_stage.with_options(retry_delay_seconds=0)
+    assert quick("x", str(tmp_path))["ran"] is True and len(calls) == 2
+
+    replies = iter([(1, "ERROR: params.yaml: bad value")] * 3)
+    calls.clear()
+    with pytest.raises(StageFailed, match="bad value"):
+        quick("x", str(tmp_path))
+    assert len(calls) == 1

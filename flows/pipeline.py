@@ -79,9 +79,14 @@ def run_stage(stage: str, root: str) -> dict:
         lines = [ln for ln in output.splitlines() if ln.strip()]
         detail = " | ".join(lines[-3:]) or f"exit code {proc.returncode}"
         raise StageFailed(stage, detail, any(m in output for m in TRANSIENT_MARKERS))
-    ran = f"Running stage '{stage}'" in output
-    logger.info("%s: %s in %.1f s", stage, "ran" if ran else "skipped (unchanged)", seconds)
-    return {"stage": stage, "ran": ran, "seconds": seconds}
+    if f"Running stage '{stage}'" in output:
+        status = "ran"
+    elif "is cached - skipping run" in output:
+        status = "restored from the run cache"
+    else:
+        status = "skipped (unchanged)"
+    logger.info("%s: %s in %.1f s", stage, status, seconds)
+    return {"stage": stage, "ran": status == "ran", "status": status, "seconds": seconds}
 
 
 def collect_metrics(root: Path) -> dict:
@@ -97,13 +102,17 @@ def pipeline(root: str = ".") -> dict:
         root: the DVC project folder.
 
     Returns:
-        {"stages": [{"stage", "ran", "seconds"}...], "metrics": {...}}.
+        {"stages": [{"stage", "ran", "status", "seconds"}...], "metrics": {...}}.
     """
     logger = get_run_logger()
     results = [run_stage(stage, root) for stage in pipeline_stages(Path(root))]
     ran = [r["stage"] for r in results if r["ran"]]
-    skipped = [r["stage"] for r in results if not r["ran"]]
+    restored = [r["stage"] for r in results if r["status"].startswith("restored")]
+    skipped = [r["stage"] for r in results if r["status"].startswith("skipped")]
     logger.info("ran %d stage(s): %s", len(ran), ", ".join(ran) or "none")
+    if restored:
+        logger.info("restored %d stage(s) from DVC's run cache: %s", len(restored),
+                    ", ".join(restored))
     logger.info("skipped %d unchanged stage(s): %s", len(skipped), ", ".join(skipped) or "none")
     metrics = collect_metrics(Path(root))
     for name, values in metrics.items():

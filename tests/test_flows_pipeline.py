@@ -1,5 +1,6 @@
 """The Prefect pipeline flow: DVC's order, DVC's skip decisions, named failures, retries."""
 
+import json
 import subprocess
 
 import pytest
@@ -7,7 +8,7 @@ import yaml
 
 from flows.pipeline import StageFailed, pipeline, pipeline_stages, run_stage
 
-from conftest import ROOT
+from conftest import ROOT, run
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +66,14 @@ def test_failing_stage_fails_the_flow_naming_it(reproduced, harness):
             pipeline(str(project))
     finally:
         restore()
+    # The failed stage counts as changed; the next run brings it back (from DVC's run cache:
+    # same inputs as before) and leaves everything downstream alone.
+    assert run("dvc", "status", "ingest", cwd=project).stdout.strip() != \
+        "Data and pipelines are up to date."
+    result = pipeline(str(project))
+    assert {r["stage"] for r in result["stages"] if r["status"] != "skipped (unchanged)"} == \
+        {"ingest"}
+    assert json.loads(run("dvc", "status", "--json", cwd=project).stdout) == {}
 
 
 def test_lock_contention_is_retried_data_errors_are_not(monkeypatch, harness, tmp_path):

@@ -64,41 +64,44 @@ def read_metadata(data_dir: Path) -> tuple[list[Row], list[dict], int]:
     rows: list[Row] = []
     quarantined: list[dict] = []
     seen_ids: dict[str, int] = {}
-    root = data_dir.resolve()
     with metadata.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in COURSE_HEADER if c not in (reader.fieldnames or [])]
         if missing:
             raise IngestError(f"{metadata}: header lacks {', '.join(missing)}; expected "
                               f"{','.join(COURSE_HEADER)}")
-        line = 1  # the header
+        line = 1  # the header; `line` keeps the last row number after the loop
         for line, record in enumerate(reader, start=2):
             values = {k: (record.get(k) or "").strip() for k in COURSE_HEADER}
-
-            def refuse(reason: str, values: dict = values, line: int = line) -> None:
-                quarantined.append({"line": line, "path": values["file_path"], "reason": reason})
-
-            empty = [k for k in ("rare_species_id", "phylum", "family", "file_path")
-                     if not values[k]]
-            if None in record or empty:
-                refuse("malformed row: " + (f"empty {', '.join(empty)}" if empty
-                                            else "more fields than the header"))
-                continue
-            if values["rare_species_id"] in seen_ids:
-                refuse(f"duplicate id of line {seen_ids[values['rare_species_id']]}")
-                continue
-            seen_ids[values["rare_species_id"]] = line
-            source = (data_dir / values["file_path"])
-            if Path(values["file_path"]).is_absolute() or not source.resolve().is_relative_to(root):
-                refuse("file_path leaves the data folder")
-                continue
-            if not source.is_file():
-                refuse("file missing")
+            problem = _row_problem(record, values, seen_ids, data_dir)
+            seen_ids.setdefault(values["rare_species_id"], line)
+            if problem:
+                quarantined.append({"line": line, "path": values["file_path"], "reason": problem})
                 continue
             rows.append(Row(line, values["rare_species_id"], values["phylum"].lower(),
                             values["family"].lower(), values["eol_content_id"],
-                            values["eol_page_id"], source))
+                            values["eol_page_id"], data_dir / values["file_path"]))
     return rows, quarantined, line - 1
+
+
+def _row_problem(record: dict, values: dict[str, str], seen_ids: dict[str, int],
+                 data_dir: Path) -> str | None:
+    """Why a metadata row cannot be ingested, or None."""
+    empty = [k for k in ("rare_species_id", "phylum", "family", "file_path") if not values[k]]
+    if empty:
+        return f"malformed row: empty {', '.join(empty)}"
+    if None in record:
+        return "malformed row: more fields than the header"
+    if values["rare_species_id"] in seen_ids:
+        return f"duplicate id of line {seen_ids[values['rare_species_id']]}"
+    source = data_dir / values["file_path"]
+    # resolve() follows symlinks, so a link pointing outside is caught as well as "../".
+    if Path(values["file_path"]).is_absolute() or \
+            not source.resolve().is_relative_to(data_dir.resolve()):
+        return "file_path leaves the data folder"
+    if not source.is_file():
+        return "file missing"
+    return None
 
 
 def _decode(job: tuple[Row, Path, int, int, int]) -> dict:

@@ -73,21 +73,21 @@ def data_matches(target: str = "data.dvc") -> bool:
 def ensure_data() -> None:
     """Make data/ match data.dvc: keep it, `dvc pull` it, or regenerate the sample."""
     try:
+        has_remote = bool(_dvc("remote", "list").stdout.strip())
         if data_matches():
             typer.echo("data/ matches data.dvc")
-            return
-        if _dvc("remote", "list").stdout.strip():
-            pulled = _dvc("pull", "data.dvc")
-            if pulled.returncode == 0 and data_matches():
-                typer.echo("data/ pulled from the DVC remote")
-                return
-            typer.echo("DVC remote unreachable or incomplete; regenerating the embedded sample")
-        sample(out=Path("data"), tiny=False, seed=42)
-        if not data_matches():
-            raise DataError("data/ does not match data.dvc after regenerating the sample: "
-                            "data.dvc pins other data; `dvc pull` it from its remote or "
-                            "`dvc add data` to version what is there")
-        # Fill the DVC cache too, so `dvc push` and `dvc checkout` work from here on.
+        elif has_remote and _dvc("pull", "data.dvc").returncode == 0 and data_matches():
+            typer.echo("data/ pulled from the DVC remote")
+        else:
+            if has_remote:
+                typer.echo("the DVC remote could not provide data/; regenerating the sample")
+            sample(out=Path("data"), tiny=False, seed=42)
+            if not data_matches():
+                raise DataError("data/ does not match data.dvc after regenerating the sample: "
+                                "data.dvc pins other data; `dvc pull` it from its remote or "
+                                "`dvc add data` to version what is there")
+        # Fill the DVC cache too (a no-op when it holds the data), so `dvc push`, `dvc checkout`
+        # and `dvc status` work from here on.
         _dvc("commit", "--force", "--quiet", "data.dvc")
     except (DataError, OSError) as error:
         _fail(error)

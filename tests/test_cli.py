@@ -50,3 +50,23 @@ def test_sample_command_reports_what_it_wrote(tmp_path):
     bad = run("rarespecies", "sample", "--tiny", "--seed", "-1", "--out", str(tmp_path / "e"),
               cwd=tmp_path, check=False)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def test_data_comes_from_the_remote_when_it_can(dvc_project, tmp_path_factory):
+    run("rarespecies", "ensure-data", cwd=dvc_project)
+    remote = tmp_path_factory.mktemp("remote")
+    run("dvc", "remote", "add", "-d", "store", str(remote), cwd=dvc_project)
+    run("dvc", "push", "-q", "data.dvc", cwd=dvc_project)
+
+    def forget_data():
+        shutil.rmtree(dvc_project / "data")
+        shutil.rmtree(dvc_project / ".dvc/cache")
+
+    forget_data()
+    proc = run("rarespecies", "ensure-data", cwd=dvc_project)
+    assert "pulled from the DVC remote" in proc.stdout and "wrote" not in proc.stdout
+    forget_data()
+    run("dvc", "remote", "modify", "store", "url", str(remote / "gone"), cwd=dvc_project)
+    proc = run("rarespecies", "ensure-data", cwd=dvc_project)
+    assert "could not provide" in proc.stdout and "synthetic images" in proc.stdout
+    assert run("dvc", "status", "--json", "data.dvc", cwd=dvc_project).stdout.strip() == "{}"

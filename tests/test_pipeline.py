@@ -81,3 +81,20 @@ def test_head_parameter_reruns_only_that_model_and_export(reproduced):
     finally:
         params_file.write_text(original)
         run("dvc", "repro", cwd=project)  # back to the committed state (from the run cache)
+
+
+def test_export_keeps_no_file_when_parity_fails(reproduced, monkeypatch, tmp_path):
+    import stages.onnx_export as onnx_export
+    from stages.export import export
+    from stages.params import load_params
+
+    project, _ = reproduced
+    monkeypatch.chdir(project)
+    real_parity = onnx_export.parity
+    monkeypatch.setattr(onnx_export, "parity",
+                        lambda *a, **k: real_parity(*a, **k) | {"max_abs_diff": 0.25})
+    params = load_params(project / "params.yaml")
+    out, report = tmp_path / "model.onnx", tmp_path / "export.json"
+    with pytest.raises(onnx_export.ParityError, match=r"0\.25"):
+        export("convnext_full", params.model("convnext_full"), params.export, out, report)
+    assert not out.exists() and not report.exists()

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: repro test data install lint clean
+.PHONY: help repro test data install lint clean
 .DEFAULT_GOAL := help
 
 help:

@@ -1,10 +1,16 @@
 """Validation: the Great Expectations suite passes clean manifests and names what fails."""
 
+import json
+import shutil
+import sys
+
 import pandas as pd
 import pytest
 
 from stages.ingest import MANIFEST_COLUMNS
 from stages.validate import describe_failures, validate_manifest
+
+from conftest import ROOT, run
 
 
 def manifest(n_per_class: dict[str, int]) -> pd.DataFrame:
@@ -48,3 +54,18 @@ def test_broken_manifest_fails_and_is_described(damage, expectation):
     failed = [x["expectation"] for x in report["expectations"] if not x["success"]]
     assert expectation in failed
     assert expectation in describe_failures(report)
+
+
+def test_stage_fails_with_a_readable_summary_and_keeps_the_result(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "artifacts/ingest").mkdir(parents=True)
+    frame = manifest({"chordata_ardeidae": 4, "mollusca_unionidae": 2}).drop(
+        columns="image_exists")
+    frame.to_csv(tmp_path / "artifacts/ingest/manifest.csv", index=False)
+    proc = run(sys.executable, "-m", "stages.validate", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "validate: error: " in proc.stderr and "expectations failed" in proc.stderr
+    assert "expect_column_values_to_be_in_set on image_exists: 6 unexpected" in proc.stderr
+    assert "expect_column_values_to_be_between on images" in proc.stderr  # a class of 2
+    report = json.loads((tmp_path / "reports/validation.json").read_text())
+    assert report["success"] is False and report["statistics"]["rows"] == 6

@@ -1,7 +1,12 @@
-"""`rarespecies`: the commands that are not DVC stages (data set-up now; acquire/predict later)."""
+"""`rarespecies`: the commands that are not DVC stages (data set-up, prediction).
+
+Imports stay inside the commands: `predict` must start quickly and run where only the base
+install (onnxruntime, NumPy, Pillow) is present, without TensorFlow or DVC.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -91,6 +96,40 @@ def ensure_data() -> None:
         _dvc("commit", "--force", "--quiet", "data.dvc")
     except (DataError, OSError) as error:
         _fail(error)
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="An ONNX model exported by the pipeline.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Families per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Print the most probable families of each image. Exit 1 if any image failed."""
+    from stages.predict import Classifier, ModelError, image_files
+    from stages.predict import predict as classify
+
+    try:
+        classifier = Classifier(model)
+    except ModelError as error:
+        _fail(error)
+    seen = failed = 0
+    for result in classify(classifier, image_files(images), top_k):
+        seen += 1
+        failed += result.error is not None
+        if as_json:
+            typer.echo(json.dumps({"path": str(result.path), "error": result.error, "top": [
+                {"family": label, "probability": round(p, 6)} for label, p in result.top]}))
+        elif result.error:
+            typer.secho(f"{result.path}: error: {result.error}", fg="red", err=True)
+        else:
+            typer.echo(f"{result.path}: " + ", ".join(f"{label} {p:.3f}"
+                                                       for label, p in result.top))
+    if seen == 0:
+        _fail(ValueError(f"no images found in {', '.join(map(str, images))}"))
+    typer.echo(f"classified {seen - failed} of {seen} images"
+               + (f"; {failed} could not be read" if failed else ""), err=True)
+    raise typer.Exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

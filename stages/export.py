@@ -48,8 +48,12 @@ def git_revision() -> str:
 
 
 def provenance(model: str, settings: ModelParams, labels: list[str], data_dvc: Path,
-               metrics: dict) -> dict[str, str]:
-    """Metadata written into the ONNX file (string values, as ONNX requires)."""
+               metrics: dict, normalize_max_side: int) -> dict[str, str]:
+    """Metadata written into the ONNX file (string values, as ONNX requires).
+
+    `normalize_max_side` and `resize_method` let a consumer prepare images exactly as the
+    pipeline did: decode to at most that side (ingest), then resize to the input (preprocess).
+    """
     params_json = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
     data_hash = yaml.safe_load(data_dvc.read_text())["outs"][0]["md5"]
     return {
@@ -60,7 +64,9 @@ def provenance(model: str, settings: ModelParams, labels: list[str], data_dvc: P
         "input_dtype": "uint8",
         "color_order": "RGB",
         "pixel_range": "0-255",
-        "resize_method": RESIZE_METHOD.replace("S", str(settings.input_size)),
+        "normalize_max_side": str(normalize_max_side),
+        "resize_method": RESIZE_METHOD.format(size=settings.input_size,
+                                              max_side=normalize_max_side),
         "backbone": settings.backbone.name,
         "backbone_weights": str(settings.backbone.weights),
         "params_sha256": hashlib.sha256(params_json.encode()).hexdigest()[:16],
@@ -72,7 +78,7 @@ def provenance(model: str, settings: ModelParams, labels: list[str], data_dvc: P
 
 
 def export(model: str, settings: ModelParams, params: ExportParams, out_path: Path,
-           report_path: Path) -> dict:
+           report_path: Path, normalize_max_side: int) -> dict:
     """Convert, check parity on the test split, and keep the file only if it passes.
 
     Args:
@@ -81,6 +87,7 @@ def export(model: str, settings: ModelParams, params: ExportParams, out_path: Pa
         params: export settings (opset, tolerance).
         out_path: the ONNX file to write.
         report_path: JSON with the parity figures and conversion time.
+        normalize_max_side: `ingest.max_side`, recorded for consumers of the model.
 
     Returns:
         The report.
@@ -91,7 +98,7 @@ def export(model: str, settings: ModelParams, params: ExportParams, out_path: Pa
     # data.dvc cannot be a DVC dependency (DVC refuses .dvc files); its hash is the `data`
     # dependency of ingest, so a change to it reruns this stage anyway.
     metadata = provenance(model, settings, labels, Path("data.dvc"),
-                          read_json(f"metrics/{model}.json"))
+                          read_json(f"metrics/{model}.json"), normalize_max_side)
     keras_model = load_inference_model(model, settings)
     start = time.perf_counter()
     convert_to_onnx(keras_model, out_path, params.opset, metadata)
@@ -119,7 +126,7 @@ def main() -> None:
         params = load_params()
         name = params.export.model
         report = export(name, params.model(name), params.export, Path(f"models/{name}.onnx"),
-                        Path("metrics/export.json"))
+                        Path("metrics/export.json"), params.ingest.max_side)
         return (f"models/{name}.onnx ({report['onnx_mb']} MB, opset {report['opset']}): "
                 f"max |p_onnx - p_keras| {report['max_abs_diff']:.2e} on {report['images']} "
                 f"test images, top-1 agreement {report['top1_agreement']:.2%}")

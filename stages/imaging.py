@@ -12,7 +12,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # Written into the ONNX metadata so downstream tools can reproduce the training input.
-RESIZE_METHOD = "PIL.Image.resize(size=(S, S), resample=BILINEAR) on RGB, aspect ratio not kept"
+RESIZE_METHOD = ("RGB, EXIF-rotated, longest side at most {max_side} px (JPEG draft decode, then "
+                 "LANCZOS thumbnail); then PIL.Image.resize(({size}, {size}), BILINEAR), "
+                 "aspect ratio not kept")
 
 
 class ImageError(ValueError):

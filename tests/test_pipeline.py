@@ -48,6 +48,7 @@ def test_onnx_export_passes_parity_and_carries_provenance(reproduced):
     labels = json.loads((project / "artifacts/split/labels.json").read_text())
     assert json.loads(metadata["labels"]) == labels
     assert metadata["input_size"] == "32" and metadata["input_dtype"] == "uint8"
+    assert metadata["normalize_max_side"] == "96"  # the tiny profile's ingest.max_side
     data_md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
     assert metadata["data_dvc_md5"] == data_md5
     head = run("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
@@ -96,5 +97,6 @@ def test_export_keeps_no_file_when_parity_fails(reproduced, monkeypatch, tmp_pat
     params = load_params(project / "params.yaml")
     out, report = tmp_path / "model.onnx", tmp_path / "export.json"
     with pytest.raises(onnx_export.ParityError, match=r"0\.25"):
-        export("convnext_full", params.model("convnext_full"), params.export, out, report)
+        export("convnext_full", params.model("convnext_full"), params.export, out, report,
+               params.ingest.max_side)
     assert not out.exists() and not report.exists()

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-# DVC prints these when another process holds the repository lock: worth a retry.
-TRANSIENT_MARKERS = ("Unable to acquire lock", "is busy", "Lock")
+# DVC prints this when another process holds the repository lock: worth a retry. Anything
+# else (bad data, bad params, a bug) fails the same way again, so it is not retried.
+TRANSIENT_MARKERS = ("Unable to acquire lock",)
 
 
 class StageFailed(RuntimeError):

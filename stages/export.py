@@ -92,7 +92,7 @@ def export(model: str, settings: ModelParams, params: ExportParams, out_path: Pa
     Returns:
         The report.
     """
-    from stages.onnx_export import check_parity, convert_to_onnx, parity
+    from stages.onnx_export import ParityError, check_parity, convert_to_onnx, parity
 
     labels = read_json("artifacts/split/labels.json")
     # data.dvc cannot be a DVC dependency (DVC refuses .dvc files); its hash is the `data`
@@ -110,7 +110,7 @@ def export(model: str, settings: ModelParams, params: ExportParams, out_path: Pa
                "onnx_mb": round(out_path.stat().st_size / 2**20, 1)}
     try:
         check_parity(report, params.parity_tolerance)
-    except Exception:
+    except ParityError:
         out_path.unlink(missing_ok=True)
         raise
     write_json(report_path, report)

@@ -17,6 +17,10 @@ RESIZE_METHOD = ("RGB, EXIF-rotated, longest side at most {max_side} px (JPEG dr
                  "aspect ratio not kept")
 
 
+# File suffixes treated as images when scanning folders (ingest, predict).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
 class ImageError(ValueError):
     """An image cannot be decoded or is out of bounds."""
 

@@ -14,14 +14,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.imaging import ImageError, open_rgb
+from stages.imaging import IMAGE_SUFFIXES, ImageError, open_rgb
 from stages.io import atomic_path, write_json
 
 COURSE_HEADER = ["rare_species_id", "eol_content_id", "eol_page_id", "kingdom", "phylum",
                  "family", "file_path"]
 MANIFEST_COLUMNS = ["id", "label", "phylum", "family", "eol_content_id", "eol_page_id",
                     "source_path", "sha256", "width", "height", "image_path"]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class IngestError(ValueError):

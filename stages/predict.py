@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.imaging import ImageError, open_rgb, resize_for_model
+from stages.imaging import IMAGE_SUFFIXES, ImageError, open_rgb, resize_for_model
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 200_000_000
 
 

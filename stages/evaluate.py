@@ -37,15 +37,19 @@ def score(y_true: np.ndarray, probabilities: np.ndarray,
     """
     y_pred = probabilities.argmax(axis=1)
     every = list(range(len(labels)))
+    # A family with no test image (train-only, or left out by the per-image split) has no
+    # recall to measure: averaging its zero would only measure the split.
+    tested = np.unique(y_true)
     metrics = {
-        "macro_f1": float(f1_score(y_true, y_pred, labels=every, average="macro",
+        "macro_f1": float(f1_score(y_true, y_pred, labels=tested, average="macro",
                                    zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=every, average="weighted",
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=tested, average="weighted",
                                       zero_division=0)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "top5_accuracy": top_k_accuracy(y_true, probabilities, min(5, len(labels))),
         "test_images": len(y_true),
         "classes": len(labels),
+        "classes_tested": len(tested),
     }
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=every, zero_division=0)

@@ -1,7 +1,9 @@
-"""Stage `ingest`: course-layout data folder → normalized RGB images, manifest and report.
+"""Stage `ingest`: data folder (course or Hugging Face layout) → normalized RGB images,
+manifest and report.
 
-Every metadata row and every image file is accounted for in `reports/ingest.json`: it is
-either in the manifest or quarantined with its reason. A bad file never crashes the stage.
+Every metadata row and every file is accounted for in `reports/ingest.json`: a row is either
+in the manifest or quarantined with its reason, an image file without a row is quarantined,
+and any other file is listed as ignored. A bad file never crashes the stage.
 """
 
 from __future__ import annotations
@@ -11,96 +13,16 @@ import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from stages.imaging import IMAGE_SUFFIXES, ImageError, open_rgb
 from stages.io import atomic_path, write_json
+from stages.layouts import TAXONOMY, IngestError, Row, read_listing
 
-COURSE_HEADER = ["rare_species_id", "eol_content_id", "eol_page_id", "kingdom", "phylum",
-                 "family", "file_path"]
-MANIFEST_COLUMNS = ["id", "label", "phylum", "family", "eol_content_id", "eol_page_id",
-                    "source_path", "sha256", "width", "height", "image_path"]
+__all__ = ["MANIFEST_COLUMNS", "TAXONOMY", "IngestError", "ingest"]
 
-
-class IngestError(ValueError):
-    """The data folder cannot be read at all (missing metadata, wrong header)."""
-
-
-@dataclass(frozen=True)
-class Row:
-    """One metadata row that passed the row-level checks."""
-
-    line: int
-    id: str
-    phylum: str
-    family: str
-    eol_content_id: str
-    eol_page_id: str
-    source: Path
-
-    @property
-    def label(self) -> str:
-        return f"{self.phylum}_{self.family}"
-
-
-def read_metadata(data_dir: Path) -> tuple[list[Row], list[dict], int]:
-    """Read `metadata.csv`, checking each row.
-
-    Args:
-        data_dir: the course-layout data folder.
-
-    Returns:
-        Rows to decode, quarantine entries for rows refused here, and the number of rows.
-
-    Raises:
-        IngestError: metadata.csv is missing or its header lacks a column.
-    """
-    metadata = data_dir / "metadata.csv"
-    if not metadata.is_file():
-        raise IngestError(f"{metadata} not found: the data folder must hold metadata.csv "
-                          "(run `rarespecies sample` for the embedded sample)")
-    rows: list[Row] = []
-    quarantined: list[dict] = []
-    seen_ids: dict[str, int] = {}
-    with metadata.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in COURSE_HEADER if c not in (reader.fieldnames or [])]
-        if missing:
-            raise IngestError(f"{metadata}: header lacks {', '.join(missing)}; expected "
-                              f"{','.join(COURSE_HEADER)}")
-        line = 1  # the header; `line` keeps the last row number after the loop
-        for line, record in enumerate(reader, start=2):
-            values = {k: (record.get(k) or "").strip() for k in COURSE_HEADER}
-            problem = _row_problem(record, values, seen_ids, data_dir)
-            seen_ids.setdefault(values["rare_species_id"], line)
-            if problem:
-                quarantined.append({"line": line, "path": values["file_path"], "reason": problem})
-                continue
-            rows.append(Row(line, values["rare_species_id"], values["phylum"].lower(),
-                            values["family"].lower(), values["eol_content_id"],
-                            values["eol_page_id"], data_dir / values["file_path"]))
-    return rows, quarantined, line - 1
-
-
-def _row_problem(record: dict, values: dict[str, str], seen_ids: dict[str, int],
-                 data_dir: Path) -> str | None:
-    """Why a metadata row cannot be ingested, or None."""
-    empty = [k for k in ("rare_species_id", "phylum", "family", "file_path") if not values[k]]
-    if empty:
-        return f"malformed row: empty {', '.join(empty)}"
-    if None in record:
-        return "malformed row: more fields than the header"
-    if values["rare_species_id"] in seen_ids:
-        return f"duplicate id of line {seen_ids[values['rare_species_id']]}"
-    source = data_dir / values["file_path"]
-    # resolve() follows symlinks, so a link pointing outside is caught as well as "../".
-    if Path(values["file_path"]).is_absolute() or \
-            not source.resolve().is_relative_to(data_dir.resolve()):
-        return "file_path leaves the data folder"
-    if not source.is_file():
-        return "file missing"
-    return None
+MANIFEST_COLUMNS = ["id", "label", *TAXONOMY, "eol_content_id", "eol_page_id", "source_path",
+                    "sha256", "width", "height", "image_path"]
 
 
 def _decode(job: tuple[Row, Path, int, int, int]) -> dict:
@@ -124,10 +46,11 @@ def ingest(data_dir: Path, images_dir: Path, manifest_path: Path, report_path: P
     """Normalize every listed image and write the manifest and the ingest report.
 
     Args:
-        data_dir: course-layout data folder (metadata.csv + <phylum>_<family>/ images).
+        data_dir: data folder in the course or the Hugging Face layout.
         images_dir: output folder of normalized JPEGs.
         manifest_path: output CSV, one row per accepted image.
-        report_path: output JSON with counts and every quarantined row or file.
+        report_path: output JSON with counts, every quarantined row or file and every ignored
+            (non-image) file.
         max_side: longest side of normalized images.
         max_pixels: sources above this pixel count are quarantined.
         jpeg_quality: quality of the normalized JPEGs.
@@ -139,26 +62,30 @@ def ingest(data_dir: Path, images_dir: Path, manifest_path: Path, report_path: P
     """
     from tqdm import tqdm
 
-    rows, quarantined, metadata_rows = read_metadata(data_dir)
-    listed = {r.source.resolve() for r in rows} | {
+    listing = read_listing(data_dir)
+    quarantined = list(listing.quarantined)
+    metadata_files = {listing.metadata.resolve(), (data_dir / "metadata/licenses.csv").resolve()}
+    listed = {r.source.resolve() for r in listing.rows} | {
         (data_dir / q["path"]).resolve() for q in quarantined if q["path"]}
-    image_files = sorted(p for p in data_dir.rglob("*")
-                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in data_dir.rglob("*") if p.is_file() or p.is_symlink())
+    image_files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     unlisted = [p for p in image_files if p.resolve() not in listed]
-    quarantined += [{"line": None, "path": str(p.relative_to(data_dir)),
+    quarantined += [{"line": None, "path": p.relative_to(data_dir).as_posix(),
                      "reason": "image file has no metadata row"} for p in unlisted]
+    ignored = [p.relative_to(data_dir).as_posix() for p in files
+               if p.suffix.lower() not in IMAGE_SUFFIXES and p.resolve() not in metadata_files]
 
     manifest: list[dict] = []
     by_hash: dict[str, str] = {}
     with atomic_path(images_dir) as tmp_images:
         tmp_images.mkdir()
-        jobs = [(r, tmp_images, max_side, max_pixels, jpeg_quality) for r in rows]
+        jobs = [(r, tmp_images, max_side, max_pixels, jpeg_quality) for r in listing.rows]
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
             results = tqdm(pool.map(_decode, jobs, chunksize=4), total=len(jobs),
                            desc="ingest", unit="img", disable=not progress)
             for result in results:
                 row: Row = result["row"]
-                rel = str(row.source.relative_to(data_dir))
+                rel = row.path
                 if "error" in result:
                     quarantined.append({"line": row.line, "path": rel, "reason": result["error"]})
                 elif result["sha256"] in by_hash:
@@ -167,8 +94,8 @@ def ingest(data_dir: Path, images_dir: Path, manifest_path: Path, report_path: P
                 else:
                     by_hash[result["sha256"]] = row.id
                     manifest.append({
-                        "id": row.id, "label": row.label, "phylum": row.phylum,
-                        "family": row.family, "eol_content_id": row.eol_content_id,
+                        "id": row.id, "label": row.label, **row.taxonomy,
+                        "eol_content_id": row.eol_content_id,
                         "eol_page_id": row.eol_page_id, "source_path": rel,
                         "sha256": result["sha256"], "width": result["width"],
                         "height": result["height"],
@@ -181,15 +108,21 @@ def ingest(data_dir: Path, images_dir: Path, manifest_path: Path, report_path: P
 
     reasons = Counter(q["reason"].split(" (")[0] for q in quarantined)
     report = {
-        "metadata_rows": metadata_rows,
+        "layout": listing.layout,
+        "metadata_rows": listing.metadata_rows,
         "image_files": len(image_files),
         "ingested": len(manifest),
         "quarantined": len(quarantined),
+        "quarantined_rows": len(quarantined) - len(unlisted),
+        "unlisted_files": len(unlisted),
         "quarantine_reasons": dict(sorted(reasons.items())),
         "classes": len({m["label"] for m in manifest}),
         "per_class": dict(sorted(Counter(m["label"] for m in manifest).items())),
         "quarantine": sorted(quarantined, key=lambda q: (q["line"] or 0, q["path"])),
+        "ignored_files": ignored,
     }
+    # Every row is in the manifest or quarantined; every image file is listed or quarantined.
+    assert report["ingested"] + report["quarantined_rows"] == report["metadata_rows"]
     write_json(report_path, report)
     return report
 

@@ -38,7 +38,10 @@ class IngestParams(_Strict):
 class ValidateParams(_Strict):
     min_side: int = Field(100, ge=1, description="smallest accepted source side, px")
     max_side: int = Field(20_000, ge=1, description="largest accepted source side, px")
-    min_images_per_class: int = Field(3, ge=3, description="at least one per split")
+    min_images_per_class: int = Field(2, ge=1, description="smaller classes fail the suite")
+    max_class_imbalance: float = Field(
+        20.0, ge=1, description="largest / smallest class size above this fails the suite")
+    strict: bool = Field(True, description="fail the pipeline on a failed expectation, or warn")
 
     @model_validator(mode="after")
     def _bounds(self) -> ValidateParams:
@@ -48,15 +51,12 @@ class ValidateParams(_Strict):
 
 
 class SplitParams(_Strict):
-    val_fraction: float = Field(0.15, gt=0, lt=1)
-    test_fraction: float = Field(0.15, gt=0, lt=1)
-    seed: int = 42
-
-    @model_validator(mode="after")
-    def _room_for_train(self) -> SplitParams:
-        if self.val_fraction + self.test_fraction >= 0.9:
-            raise ValueError("split.val_fraction + split.test_fraction must stay below 0.9")
-        return self
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="held-out share of each class")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="share of what test leaves (the study's 90/10)")
+    seed: int = Field(42, description="salt of the per-image hash that picks the split")
+    min_class_size: int = Field(10, ge=1, description="smaller classes follow small_classes")
+    small_classes: Literal["train_only", "drop"] = "train_only"
 
 
 class BackboneParams(_Strict):

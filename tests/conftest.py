@@ -17,6 +17,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Real EOL photos and the dataset's full metadata (test use only, never copied into the
+# repository): ../shared/data beside the project, as on the developers' machines and in CI,
+# unless RARESPECIES_SHARED_DATA says otherwise.
+SHARED_DATA = Path(os.environ.get("RARESPECIES_SHARED_DATA", ROOT.parent / "shared/data"))
+EOL_SAMPLE = SHARED_DATA / "eol-real-sample"
 HEADER = ["rare_species_id", "eol_content_id", "eol_page_id", "kingdom", "phylum", "family",
           "file_path"]
 
@@ -71,6 +76,56 @@ def write_metadata(root: Path, rows: list[dict], header: list[str] = HEADER) -> 
     """Write metadata.csv with the given rows."""
     with (root / "metadata.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+HF_CATALOG = ["rarespecies_id", "eol_content_id", "eol_page_id", "kingdom", "phylum", "class",
+              "order", "family", "genus", "species", "sciName", "common"]
+
+
+def taxonomy_rows(families: int, per_family: int) -> list[dict]:
+    """Real rows of the dataset's taxonomy: the first `per_family` images of `families` families.
+
+    Returns dicts with the Hugging Face catalogue's columns (eol ids from the file name).
+    """
+    rows: list[dict] = []
+    taken: dict[str, int] = {}
+    with (SHARED_DATA / "rare-species-taxonomy.csv").open(newline="") as handle:
+        for record in csv.DictReader(handle):
+            family = record["family"]
+            if taken.get(family, 0) >= per_family or (family not in taken
+                                                       and len(taken) == families):
+                continue
+            taken[family] = taken.get(family, 0) + 1
+            content_id, page_id = Path(record["filepath"]).name.split("_")[:2]
+            rows.append({
+                "rarespecies_id": f"hf-{len(rows):05d}", "eol_content_id": content_id,
+                "eol_page_id": page_id, "kingdom": record["kingdom"],
+                "phylum": record["phylum"], "class": record["cls"], "order": record["order"],
+                "family": family, "genus": record["genus"], "species": record["species"],
+                "sciName": record["class"], "common": record["common_name"]})
+    return rows
+
+
+def hf_image_path(row: dict) -> str:
+    """Where the Hugging Face layout keeps a catalogue row's image."""
+    taxa = "-".join(row[k] for k in ("kingdom", "phylum", "class", "order", "family", "genus",
+                                     "species"))
+    return f"dataset/{taxa}/{row['eol_content_id']}_{row['eol_page_id']}_eol-full-size-copy.jpg"
+
+
+def write_hf_folder(root: Path, rows: list[dict], size: int = 64, seed: int = 0) -> None:
+    """A Hugging Face-layout folder: metadata/rarespecies-catalog.csv + dataset/<taxa>/ JPEGs."""
+    rng = np.random.default_rng(seed)
+    for i, row in enumerate(rows):
+        path = root / hf_image_path(row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, (size, size + 4 * (i % 8), 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, quality=90)
+    (root / "metadata").mkdir(parents=True, exist_ok=True)
+    with (root / "metadata/rarespecies-catalog.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HF_CATALOG)
         writer.writeheader()
         writer.writerows(rows)
 

@@ -21,9 +21,9 @@ def test_score_weighs_every_family_equally_in_macro_f1():
     predicted = np.array([0] * 8 + [0, 1])
     probabilities = np.eye(3)[predicted]
     metrics, table = score(y, probabilities, labels)
-    # c_never has no test image and is never predicted: it counts as F1 0 in the macro mean.
-    expected = f1_score(y, predicted, labels=[0, 1, 2], average="macro", zero_division=0)
-    assert metrics["macro_f1"] == pytest.approx(expected)
+    # c_never has no test image: it has no recall to measure and stays out of the mean.
+    expected = f1_score(y, predicted, labels=[0, 1], average="macro", zero_division=0)
+    assert metrics["macro_f1"] == pytest.approx(expected) and metrics["classes_tested"] == 2
     assert metrics["accuracy"] == pytest.approx(0.9)
     assert metrics["macro_f1"] < metrics["weighted_f1"] < metrics["accuracy"] + 1e-9
     assert list(table["family"]) == labels and table["support"].tolist() == [8, 2, 0]

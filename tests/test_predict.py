@@ -1,22 +1,16 @@
 """`rarespecies predict`: the exported model on real EOL photos, without TensorFlow."""
 
 import json
-import os
 import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run
+from conftest import EOL_SAMPLE, ROOT, run
 
 pytestmark = pytest.mark.slow
-# Real EOL photos (test use only, never copied into the repository): ../shared/ beside the
-# project, as on the developers' machines and in CI, unless RARESPECIES_SHARED_DATA says.
-EOL_SAMPLE = Path(os.environ.get("RARESPECIES_SHARED_DATA", ROOT.parent / "shared/data")) / \
-    "eol-real-sample"
 GRAYSCALE = "chordata_balaenidae/29364685_46559421_eol-full-size-copy.jpg"
 HUGE = "chordata_ardeidae/30030966_45517756_eol-full-size-copy.jpg"  # 5792 x 8688
 

@@ -1,4 +1,4 @@
-"""`rarespecies`: the commands that are not DVC stages (data set-up, prediction).
+"""`rarespecies`: the commands that are not DVC stages (data acquisition, prediction).
 
 Imports stay inside the commands: `predict` must start quickly and run where only the base
 install (onnxruntime, NumPy, Pillow) is present, without TensorFlow or DVC.
@@ -17,7 +17,12 @@ import typer
 
 app = typer.Typer(help="Rare-species family classifier: data and model commands.",
                   pretty_exceptions_enable=False, no_args_is_help=True)
+acquire = typer.Typer(help="Fill data/ from a source, then version it with `dvc add`.",
+                      no_args_is_help=True)
+app.add_typer(acquire, name="acquire")
 _state = {"debug": False}
+Out = Annotated[Path, typer.Option(help="Data folder to fill (params.yaml data.dir).")]
+NoVersion = Annotated[bool, typer.Option("--no-version", help="Skip `dvc add`.")]
 
 
 class DataError(RuntimeError):
@@ -72,6 +77,81 @@ def data_matches(target: str = "data.dvc") -> bool:
     with Repo() as repo:
         (stage,) = repo.stage.collect(target)
         return all(out.exists and out.get_hash() == out.hash_info for out in stage.outs)
+
+
+def _version(out: Path) -> None:
+    """`dvc add` the folder, so the pipeline and git see exactly this version of the data."""
+    proc = _dvc("add", "--quiet", str(out))
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise DataError(f"`dvc add {out}` failed ({reason}): run this inside the project (a "
+                        "DVC repository), or pass --no-version")
+    typer.echo(f"versioned {out}/ with DVC: commit {out}.dvc to record this data version")
+
+
+@acquire.command("sample")
+def acquire_sample(out: Out = Path("data"), no_version: NoVersion = False,
+                   tiny: Annotated[bool, typer.Option(help="A handful of images.")] = False,
+                   seed: Annotated[int, typer.Option(help="Generator seed.")] = 42) -> None:
+    """The embedded synthetic sample (what data.dvc pins by default)."""
+    sample(out=out, tiny=tiny, seed=seed)
+    try:
+        no_version or _version(out)
+    except DataError as error:
+        _fail(error)
+
+
+@acquire.command("huggingface")
+def acquire_huggingface(
+    out: Out = Path("data"), no_version: NoVersion = False,
+    revision: Annotated[str | None, typer.Option(
+        help="Dataset commit to download (default: the pinned one).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace a non-empty data folder.")] = False,
+) -> None:
+    """imageomics/rare-species from the Hugging Face Hub at a pinned revision (HF layout)."""
+    from stages.huggingface import REVISION, AcquireError, download_dataset
+
+    try:
+        summary = download_dataset(out, revision=revision or REVISION, force=force)
+        typer.echo(f"downloaded {summary['images']} images at revision "
+                   f"{summary['revision']} to {out}/")
+        no_version or _version(out)
+    except (AcquireError, DataError, OSError) as error:
+        _fail(error)
+
+
+@acquire.command("eol")
+def acquire_eol(
+    catalog: Annotated[Path, typer.Option(
+        help="CSV of images: eol_content_id, eol_page_id, md5 and a source URL column "
+             "(as the dataset's metadata/licenses.csv).", exists=True, dir_okay=False)],
+    taxonomy: Annotated[Path | None, typer.Option(
+        help="metadata.csv or rarespecies-catalog.csv giving phylum and family, when the "
+             "catalogue lacks them.", exists=True, dir_okay=False)] = None,
+    out: Out = Path("data"), no_version: NoVersion = False,
+    report: Annotated[Path, typer.Option(help="Failure report (JSON).")] = Path(
+        "reports/acquire_eol.json"),
+    workers: Annotated[int, typer.Option(min=1, help="Concurrent downloads.")] = 8,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds without data.")] = 30.0,
+    retries: Annotated[int, typer.Option(min=0, help="Retries per image.")] = 4,
+) -> None:
+    """Download the catalogue's images from EOL into the course layout, verified by md5.
+
+    Resumable: images already present with the right md5 are skipped. Exit 1 if any failed.
+    """
+    from stages.download import CatalogError, download_catalog, summarize
+
+    try:
+        result = download_catalog(catalog, out, report, taxonomy=taxonomy, workers=workers,
+                                  timeout=timeout, retries=retries)
+        typer.echo(summarize(result))
+        no_version or _version(out)
+    except (CatalogError, DataError, OSError) as error:
+        _fail(error)
+    if result["failed"]:
+        typer.secho(f"{result['failed']} images failed: see {report}; run the same command "
+                    "again to retry them", fg="yellow", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("ensure-data")

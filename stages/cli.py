@@ -96,7 +96,8 @@ def acquire_sample(out: Out = Path("data"), no_version: NoVersion = False,
     """The embedded synthetic sample (what data.dvc pins by default)."""
     sample(out=out, tiny=tiny, seed=seed)
     try:
-        no_version or _version(out)
+        if not no_version:
+            _version(out)
     except DataError as error:
         _fail(error)
 
@@ -113,9 +114,10 @@ def acquire_huggingface(
 
     try:
         summary = download_dataset(out, revision=revision or REVISION, force=force)
-        typer.echo(f"downloaded {summary['images']} images at revision "
-                   f"{summary['revision']} to {out}/")
-        no_version or _version(out)
+        typer.echo(f"downloaded {summary['images']} images at commit {summary['commit']} "
+                   f"to {out}/")
+        if not no_version:
+            _version(out)
     except (AcquireError, DataError, OSError) as error:
         _fail(error)
 
@@ -140,17 +142,26 @@ def acquire_eol(
     Resumable: images already present with the right md5 are skipped. Exit 1 if any failed.
     """
     from stages.download import CatalogError, download_catalog, summarize
+    from stages.io import read_json
 
     try:
         result = download_catalog(catalog, out, report, taxonomy=taxonomy, workers=workers,
                                   timeout=timeout, retries=retries)
-        typer.echo(summarize(result))
-        no_version or _version(out)
-    except (CatalogError, DataError, OSError) as error:
+    except KeyboardInterrupt:
+        # Verified images are kept and listed in metadata.csv; a rerun resumes from there.
+        typer.echo(summarize(read_json(report)), err=True)
+        raise typer.Exit(130) from None
+    except (CatalogError, OSError) as error:
         _fail(error)
-    if result["failed"]:
-        typer.secho(f"{result['failed']} images failed: see {report}; run the same command "
-                    "again to retry them", fg="yellow", err=True)
+    typer.echo(summarize(result))
+    try:
+        if not no_version:
+            _version(out)
+    except DataError as error:
+        _fail(error)
+    if result["counts"]["failed"]:
+        typer.secho(f"{result['counts']['failed']} images failed: see {report}; run the same "
+                    "command again to retry them", fg="yellow", err=True)
         raise typer.Exit(1)
 
 

@@ -1,5 +1,6 @@
 """`rarespecies sample` / `ensure-data`: the committed data.dvc pins the regenerated sample."""
 
+import json
 import shutil
 
 import pytest
@@ -70,3 +71,61 @@ def test_data_comes_from_the_remote_when_it_can(dvc_project, tmp_path_factory):
     proc = run("rarespecies", "ensure-data", cwd=dvc_project)
     assert "could not provide" in proc.stdout and "synthetic images" in proc.stdout
     assert run("dvc", "status", "--json", "data.dvc", cwd=dvc_project).stdout.strip() == "{}"
+
+
+def test_acquire_sample_fills_data_and_versions_it(tmp_path):
+    run("git", "init", "-q", cwd=tmp_path)
+    run("dvc", "init", "-q", cwd=tmp_path)
+    proc = run("rarespecies", "acquire", "sample", "--tiny", cwd=tmp_path)
+    assert "versioned data/ with DVC" in proc.stdout
+    pinned = yaml.safe_load((tmp_path / "data.dvc").read_text())
+    assert pinned["outs"][0]["path"] == "data" and pinned["outs"][0]["nfiles"] > 20
+    assert run("dvc", "status", "--json", "data.dvc", cwd=tmp_path).stdout.strip() == "{}"
+
+
+def test_acquire_outside_a_dvc_project_names_the_fix(tmp_path):
+    proc = run("rarespecies", "acquire", "sample", "--tiny", cwd=tmp_path, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert last.startswith("error: `dvc add data` failed") and "--no-version" in last
+    assert (tmp_path / "data/metadata.csv").is_file()  # the data is there, only unversioned
+    run("rarespecies", "acquire", "sample", "--tiny", "--no-version", cwd=tmp_path)
+
+
+def test_acquire_eol_downloads_versions_and_feeds_ingest(tmp_path, monkeypatch):
+    import csv
+    import hashlib
+
+    from eol_server import EolServer
+
+    from stages.ingest import ingest
+
+    from conftest import EOL_SAMPLE
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with (EOL_SAMPLE / "metadata.csv").open(newline="") as handle:
+        rows = sorted(csv.DictReader(handle),
+                      key=lambda r: (EOL_SAMPLE / r["file_path"]).stat().st_size)[:3]
+    run("git", "init", "-q", cwd=tmp_path)
+    run("dvc", "init", "-q", cwd=tmp_path)
+    with EolServer(EOL_SAMPLE) as server:
+        catalog = [{"eol_content_id": r["eol_content_id"], "eol_page_id": r["eol_page_id"],
+                    "md5": hashlib.md5((EOL_SAMPLE / r["file_path"]).read_bytes()).hexdigest(),
+                    "eol_full_size_copy_url": server.url(fault, r["file_path"]),
+                    "phylum": r["phylum"], "family": r["family"]}
+                   for r, fault in zip(rows, ["ok", "fail-once", "missing"], strict=True)]
+        with (tmp_path / "licenses.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(catalog[0]))
+            writer.writeheader()
+            writer.writerows(catalog)
+        proc = run("rarespecies", "acquire", "eol", "--catalog", "licenses.csv", "--retries",
+                   "1", "--timeout", "5", cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "3 rows: 2 downloaded, 0 already present, 1 failed, 0 refused" in proc.stdout
+    assert "versioned data/ with DVC" in proc.stdout and (tmp_path / "data.dvc").is_file()
+    report = json.loads((tmp_path / "reports/acquire_eol.json").read_text())
+    assert [p["reason"] for p in report["problems"]] == ["HTTP 404"]
+    result = ingest(tmp_path / "data", tmp_path / "out/images", tmp_path / "out/manifest.csv",
+                    tmp_path / "out/ingest.json", max_side=64, max_pixels=10**9,
+                    jpeg_quality=90, workers=1, progress=False)
+    assert result["ingested"] == 2 and result["quarantined"] == 0

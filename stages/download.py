@@ -1,10 +1,10 @@
 """`rarespecies acquire eol`: download a catalogue's images from Encyclopedia of Life.
 
-The catalogue is a CSV modelled on the Rare Species dataset's `metadata/licenses.csv`. Images
-land in the course layout (`<phylum>_<family>/<content>_<page>_eol-full-size-copy.jpg` plus
-`metadata.csv`) only once their md5 matches, so the data folder never holds a partial or wrong
-file, even after Ctrl-C or `kill`. Every catalogue row ends in the JSON report: downloaded,
-already present, failed (with reason and attempts) or refused (malformed, no I/O at all).
+The catalogue (stages/catalog.py) lists URLs and md5s. Images land in the course layout
+(`<phylum>_<family>/<content>_<page>_eol-full-size-copy.jpg` plus `metadata.csv`) only once
+their md5 matches, so the data folder never holds a partial or wrong file, even after Ctrl-C or
+`kill`. Every catalogue row ends in the JSON report: downloaded, already present, failed (with
+reason and attempts) or refused (malformed, no I/O at all).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import csv
 import hashlib
 import os
 import random
-import re
 import shutil
 import signal
 import threading
@@ -22,29 +21,21 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import urllib3
 
+from stages.catalog import CatalogError, Item, is_http, load
 from stages.io import write_json
+from stages.layouts import COURSE_HEADER
 
-__all__ = ["HEADER", "CatalogError", "download_catalog", "summarize"]
+__all__ = ["CatalogError", "download_catalog", "summarize"]
 
-HEADER = ["rare_species_id", "eol_content_id", "eol_page_id", "kingdom", "phylum", "family",
-          "file_path"]
-URL_COLUMNS = ("eol_full_size_copy_url", "medium_source_url")
-ID_COLUMNS = ("rare_species_id", "rarespecies_id")
 MAX_REDIRECTS = 5
 MAX_WAIT = 60.0  # cap of one backoff or Retry-After wait: a hostile header must not park a worker
 CHUNK = 1 << 16
 USER_AGENT = "rarespecies-acquire/0.1"
-# Taxa become folder names: "<phylum>_<family>" must split back on "_" and never leave data_dir.
-PLAIN = re.compile(r"[a-z][a-z0-9-]*")
-
-
-class CatalogError(ValueError):
-    """The catalogue or taxonomy file is unusable as a whole (unreadable, wrong header)."""
 
 
 class _Failed(Exception):
@@ -53,14 +44,6 @@ class _Failed(Exception):
     def __init__(self, reason: str, retry: bool = True, wait: float = 0.0) -> None:
         super().__init__(reason)
         self.retry, self.wait = retry, wait
-
-
-@dataclass
-class _Item:
-    line: int
-    url: str
-    md5: str
-    row: dict  # its metadata.csv row
 
 
 @dataclass
@@ -90,86 +73,9 @@ class _Run:
                     response.raw.shutdown()  # urllib3 >= 2.3: unblocks a read
 
 
-def _is_http(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        return False
-
-
 def _md5(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "md5").hexdigest()
-
-
-def _read_csv(path: Path, what: str) -> tuple[list[str], list[tuple[int, dict]]]:
-    """Header and (line number, stripped row) pairs of a CSV file."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items()
-                                       if isinstance(k, str)}) for row in reader]
-            return [name.strip() for name in reader.fieldnames or []], rows
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise CatalogError(f"{what} {path}: cannot read it as CSV ({error})") from error
-
-
-def _load(catalog: Path, taxonomy: Path | None) -> tuple[list[_Item], list[dict], int]:
-    """Parse and check the catalogue, joined with the taxonomy file.
-
-    Returns:
-        The rows to download, the refused rows' problems and the number of catalogue rows.
-    """
-    header, rows = _read_csv(catalog, "catalogue")
-    missing = [c for c in ("eol_content_id", "eol_page_id", "md5") if c not in header]
-    if not set(URL_COLUMNS) & set(header):
-        missing.append(" or ".join(URL_COLUMNS))
-    no_taxa = [] if taxonomy else [c for c in ("phylum", "family") if c not in header]
-    if missing or no_taxa:
-        fix = ["use the header of Rare Species metadata/licenses.csv"] if missing else []
-        fix += ["pass a taxonomy file (course metadata.csv or rarespecies-catalog.csv)"] * bool(
-            no_taxa)
-        raise CatalogError(f"catalogue {catalog}: missing column(s) "
-                           f"{', '.join(missing + no_taxa)}; fix: {' and '.join(fix)}")
-    taxa: dict[str, dict] = {}
-    if taxonomy:
-        tax_header, tax_rows = _read_csv(taxonomy, "taxonomy")
-        if lacking := [c for c in ("eol_content_id", "phylum", "family") if c not in tax_header]:
-            raise CatalogError(f"taxonomy {taxonomy}: missing column(s) {', '.join(lacking)}; "
-                               "fix: pass a course metadata.csv or rarespecies-catalog.csv")
-        taxa = {row["eol_content_id"]: row for _, row in tax_rows}
-    items, refused, seen = [], [], set()
-    for line, row in rows:
-        cid, page, md5 = row.get("eol_content_id", ""), row.get("eol_page_id", ""), row["md5"]
-        url = next((row[c] for c in URL_COLUMNS if row.get(c)), "")
-        sources = (row, taxa.get(cid, {}))  # the catalogue's own values win over the join
-
-        def pick(*names: str, sources: tuple = sources) -> str:
-            return next((s[n] for s in sources for n in names if s.get(n)), "")
-
-        phylum, family = pick("phylum").lower(), pick("family").lower()
-        reason = ("eol_content_id or eol_page_id is not a number"
-                  if not (re.fullmatch(r"[0-9]+", cid) and re.fullmatch(r"[0-9]+", page))
-                  else "duplicate eol_content_id" if cid in seen
-                  else "empty md5" if not md5
-                  else "md5 is not 32 hex digits" if not re.fullmatch(r"[0-9a-fA-F]{32}", md5)
-                  else "no phylum/family for this eol_content_id" if not (phylum and family)
-                  else "phylum or family is not a plain name"
-                  if not (PLAIN.fullmatch(phylum) and PLAIN.fullmatch(family))
-                  else "not an http(s) URL" if not _is_http(url) else "")
-        seen.add(cid)
-        if reason:
-            refused.append({"line": line, "eol_content_id": cid, "url": url, "reason": reason,
-                            "attempts": 0})
-            continue
-        path = f"{phylum}_{family}/{cid}_{page}_eol-full-size-copy.jpg"
-        # Rare Species is animals only, so a catalogue without kingdom still gives metadata.csv.
-        items.append(_Item(line, url, md5.lower(), {
-            "rare_species_id": pick(*ID_COLUMNS) or f"eol-{cid}", "eol_content_id": cid,
-            "eol_page_id": page, "kingdom": (pick("kingdom") or "animalia").lower(),
-            "phylum": phylum, "family": family, "file_path": path}))
-    return items, refused, len(rows)
 
 
 def _describe(error: requests.RequestException) -> str:
@@ -183,7 +89,7 @@ def _describe(error: requests.RequestException) -> str:
     return "connection failed"
 
 
-def _attempt(item: _Item, part: Path, target: Path, run: _Run) -> None:
+def _attempt(item: Item, part: Path, target: Path, run: _Run) -> None:
     """One try: GET (following http(s) redirects), stream to `part`, verify, move to `target`."""
     url = item.url
     for _ in range(MAX_REDIRECTS + 1):
@@ -191,7 +97,7 @@ def _attempt(item: _Item, part: Path, target: Path, run: _Run) -> None:
                                timeout=run.timeout) as response:
             if response.is_redirect:
                 url = urljoin(url, response.headers["location"])
-                if not _is_http(url):
+                if not is_http(url):
                     raise _Failed("redirect to a non-http(s) URL", retry=False)
                 continue
             status = response.status_code
@@ -226,7 +132,7 @@ def _attempt(item: _Item, part: Path, target: Path, run: _Run) -> None:
     raise _Failed(f"more than {MAX_REDIRECTS} redirects", retry=False)
 
 
-def _fetch(item: _Item, data_dir: Path, tmp_dir: Path, run: _Run) -> tuple[str, str, int]:
+def _fetch(item: Item, data_dir: Path, tmp_dir: Path, run: _Run) -> tuple[str, str, int]:
     """Download one row with retries. Returns (status, reason, attempts)."""
     target = data_dir / item.row["file_path"]
     if target.is_file() and _md5(target) == item.md5:
@@ -278,7 +184,7 @@ def _signals_stop(run: _Run) -> Iterator[None]:
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
-def _settle(items: list[_Item], futures: list[Future],
+def _settle(items: list[Item], futures: list[Future],
             problems: list[dict]) -> tuple[dict, list[dict], set[str]]:
     """Count the finished downloads and add the failed ones to `problems`.
 
@@ -315,7 +221,7 @@ def _write_metadata(data_dir: Path, tmp_dir: Path, verified: list[dict],
             kept = [row for row in csv.DictReader(handle) if row.get("eol_content_id")
                     not in replaced]
     with tmp.open("w", newline="") as handle:  # in tmp_dir: even SIGKILL leaves data_dir clean
-        writer = csv.DictWriter(handle, fieldnames=HEADER, extrasaction="ignore", restval="")
+        writer = csv.DictWriter(handle, fieldnames=COURSE_HEADER, extrasaction="ignore", restval="")
         writer.writeheader()
         writer.writerows(kept + verified)
     os.replace(tmp, path)
@@ -349,7 +255,7 @@ def download_catalog(catalog: Path, data_dir: Path, report_path: Path, *,
     from tqdm import tqdm  # only the pipeline extra installs it
 
     catalog, data_dir, report_path = Path(catalog), Path(data_dir), Path(report_path)
-    items, problems, total = _load(catalog, Path(taxonomy) if taxonomy else None)
+    items, problems, total = load(catalog, Path(taxonomy) if taxonomy else None)
     data_dir.mkdir(parents=True, exist_ok=True)
     # Beside data_dir, so os.replace stays on one filesystem and data_dir never holds a part.
     tmp_dir = data_dir.parent / f".{data_dir.name}.downloads"

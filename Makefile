@@ -34,7 +34,8 @@ repro: data
 	@echo
 	@echo "Metrics:  $(BIN)/dvc metrics show   (files: metrics/*.json)"
 	@echo "Plots:    $(BIN)/dvc plots show     (writes dvc_plots/index.html)"
-	@echo "Model:    models/convnext_full.onnx  (benchmark: metrics/benchmark.json)"
+	@echo "Models:   reports/leaderboard.md"
+	@echo "ONNX:     export/model.onnx  (benchmark: metrics/benchmark.json)"
 
 test: data
 	$(BIN)/python -m pytest

@@ -91,8 +91,9 @@ def run_stage(stage: str, root: str) -> dict:
 
 
 def collect_metrics(root: Path) -> dict:
-    """Metrics files of the run, by file stem."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted((root / "metrics").glob("*.json"))}
+    """Metrics files of the run (metrics/*.json and metrics/models/*.json), by file stem."""
+    return {p.stem: json.loads(p.read_text())
+            for p in sorted((root / "metrics").rglob("*.json"))}
 
 
 @flow(name="pipeline", log_prints=True)

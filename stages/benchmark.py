@@ -102,7 +102,7 @@ def benchmark(keras_model, onnx_path: Path, images: np.ndarray, params: Benchmar
 def main() -> None:
     """Run the stage with the `benchmark` keys on the exported model."""
     from stages.cli_util import stage_main
-    from stages.export import load_inference_model
+    from stages.export import EXPORT_DIR, ONNX_FILE, load_inference_model
     from stages.params import load_params
 
     def work() -> str:
@@ -112,10 +112,9 @@ def main() -> None:
         # Both runtimes get the same thread count; TF takes it only before its first op.
         tf.config.threading.set_intra_op_parallelism_threads(
             params.benchmark.threads or os.cpu_count() or 1)
-        name = params.export.model
-        images, _ = load_split(Path(f"artifacts/arrays/{name}"), "test")
-        figures = benchmark(load_inference_model(name, params.model(name)),
-                            Path(f"models/{name}.onnx"), np.asarray(images), params.benchmark)
+        images, _ = load_split(EXPORT_DIR, "test")
+        figures = benchmark(load_inference_model(EXPORT_DIR), ONNX_FILE, np.asarray(images),
+                            params.benchmark)
         write_json("metrics/benchmark.json", figures)
         k, o = figures["keras_tf_function"], figures["onnxruntime_fp32"]
         return (f"batch 1 p50: keras {k['p50_ms']} ms, onnx {o['p50_ms']} ms; "

@@ -1,18 +1,10 @@
-"""Where each model's inputs live, and how they stream into Keras."""
+"""How a split's inputs (image arrays or cached features) stream from disk into Keras."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-
-from stages.params import ModelParams
-
-
-def inputs_dir(model: str, settings: ModelParams) -> Path:
-    """A frozen-backbone model trains on cached features; the others on image arrays."""
-    kind = "features" if settings.backbone is not None else "arrays"
-    return Path("artifacts") / kind / model
 
 
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from stages.data import batches, inputs_dir, load_split
+from stages.data import batches, load_split
 from stages.io import atomic_path, read_json, write_json
 
 
@@ -63,7 +63,7 @@ def evaluate(model_file: Path, data_dir: Path, labels: list[str], out_metrics: P
     """Score a trained model on the test split and write metrics, table and confusion pairs.
 
     Args:
-        model_file: the saved Keras model (head or full CNN).
+        model_file: the saved Keras model (a head, or an end-to-end model).
         data_dir: the inputs it was trained on (features or arrays).
         labels: class names by index.
         out_metrics: metrics JSON.
@@ -89,21 +89,21 @@ def evaluate(model_file: Path, data_dir: Path, labels: list[str], out_metrics: P
 
 
 def main() -> None:
-    """Run the stage for one model."""
+    """Run the stage for one model, on the inputs its training report names."""
     from stages.cli_util import stage_main
-    from stages.params import load_params
 
     def work(model: str) -> str:
-        settings = load_params().model(model)
-        metrics = evaluate(Path(f"models/{model}/model.keras"), inputs_dir(model, settings),
+        trained = read_json(f"reports/train/{model}.json")
+        metrics = evaluate(Path(f"models/{model}/model.keras"),
+                           Path(f"artifacts/{trained['inputs']}/{trained['backbone']}"),
                            read_json("artifacts/split/labels.json"),
-                           Path(f"metrics/{model}.json"),
+                           Path(f"metrics/models/{model}.json"),
                            Path(f"reports/{model}/per_family.csv"),
                            Path(f"plots/{model}/confusion.csv"))
         return (f"test macro F1 {metrics['macro_f1']:.4f}, accuracy {metrics['accuracy']:.4f}, "
                 f"top-5 {metrics['top5_accuracy']:.4f} on {metrics['test_images']} images")
 
-    stage_main("evaluate", work, with_model=True)
+    stage_main("evaluate", work, per="model")
 
 
 if __name__ == "__main__":

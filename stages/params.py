@@ -59,20 +59,53 @@ class SplitParams(_Strict):
     small_classes: Literal["train_only", "drop"] = "train_only"
 
 
+ARCHITECTURES = ("rescale", "ConvNeXtTiny", "ConvNeXtSmall", "ConvNeXtBase", "ConvNeXtLarge",
+                 "DenseNet121", "InceptionResNetV2")
+
+
 class BackboneParams(_Strict):
-    name: Literal["ConvNeXtTiny", "ConvNeXtSmall", "ConvNeXtBase", "ConvNeXtLarge"]
+    """What turns pixels into the head's input; its preprocessing lives inside the model."""
+
+    architecture: Literal[ARCHITECTURES] = Field(
+        description="a Keras application, or 'rescale' (pixels / 255, for the custom CNN)")
+    input_size: int = Field(ge=32, le=1024, description="square input side, px")
     weights: str | None = Field(None, description="'imagenet', null (random init) or a file path")
+    pooling: Literal["avg", "none"] = Field(
+        "avg", description="avg: pooled vector; none: the last feature map (for a flatten head)")
     batch_size: int = Field(16, ge=1, description="batch size of feature extraction")
     seed: int = Field(42, description="initialisation seed when weights is null")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> BackboneParams:
+        if self.architecture == "rescale" and (self.weights is not None or self.pooling != "none"):
+            raise ValueError("a 'rescale' backbone has no weights and no pooling: "
+                             "set weights: null and pooling: none")
+        if self.architecture == "InceptionResNetV2" and self.input_size < 75:
+            raise ValueError("InceptionResNetV2 needs input_size >= 75")
+        return self
+
 
 class CnnHead(_Strict):
-    """The custom CNN, trained end to end from pixels."""
+    """The custom CNN: a conv stack trained from scratch on rescaled pixels."""
 
     type: Literal["cnn"]
     filters: list[int] = Field(min_length=1)
     dense_units: int = Field(128, ge=1)
     dropout: float = Field(0.3, ge=0, lt=1)
+
+
+class PoolHead(_Strict):
+    """Global average pooling, dropout, softmax: ConvNeXt "Mini" (no dropout), DenseNet121."""
+
+    type: Literal["gap"]
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class FlattenHead(_Strict):
+    """Flatten the feature map, dropout, softmax: the study's InceptionResNetV2 head."""
+
+    type: Literal["flatten"]
+    dropout: float = Field(0.4, ge=0, lt=1)
 
 
 class FullHead(_Strict):
@@ -84,6 +117,31 @@ class FullHead(_Strict):
     dropout: float = Field(0.5, ge=0, lt=1)
 
 
+class Augmentation(_Strict):
+    """Random image transforms applied while training (Keras preprocessing layers)."""
+
+    flip: bool = Field(False, description="random horizontal flip")
+    rotation: float = Field(0.0, ge=0, le=0.5, description="up to this fraction of a full turn")
+    zoom: float = Field(0.0, ge=0, lt=1, description="zoom in or out by up to this fraction")
+    contrast: float = Field(0.0, ge=0, lt=1, description="contrast factor range 1 +/- this")
+    brightness: float = Field(0.0, ge=0, lt=1, description="brightness shift up to this fraction")
+
+    @property
+    def active(self) -> bool:
+        """Whether any transform is on."""
+        return self.flip or any((self.rotation, self.zoom, self.contrast, self.brightness))
+
+
+class FineTune(_Strict):
+    """After the frozen phase, unfreeze the backbone's last layers and train on at a low rate."""
+
+    layers: int = Field(0, ge=0, description="weight-holding layers to unfreeze; 0 = off")
+    optimizer: Literal["adam", "adamw", "rmsprop"] = "adamw"
+    learning_rate: float = Field(1e-5, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(5, ge=1)
+
+
 class TrainingParams(_Strict):
     optimizer: Literal["adam", "adamw", "rmsprop"]
     learning_rate: float = Field(gt=0, lt=1)
@@ -92,23 +150,28 @@ class TrainingParams(_Strict):
     epochs: int = Field(ge=1)
     patience: int = Field(5, ge=1, description="early stopping on val_loss")
     seed: int = 42
+    class_weights: bool = Field(False, description="weigh the loss by inverse class frequency")
+    augmentation: Augmentation = Augmentation()
+    fine_tune: FineTune = FineTune()
+
+
+Head = Annotated[CnnHead | PoolHead | FlattenHead | FullHead, Field(discriminator="type")]
 
 
 class ModelParams(_Strict):
-    input_size: int = Field(ge=32, le=1024)
-    backbone: BackboneParams | None = None
-    head: Annotated[CnnHead | FullHead, Field(discriminator="type")]
+    backbone: str = Field(description="a key of `backbones`")
+    head: Head
     training: TrainingParams
 
-    @model_validator(mode="after")
-    def _head_fits_backbone(self) -> ModelParams:
-        if (self.backbone is None) != (self.head.type == "cnn"):
-            raise ValueError("a 'cnn' head trains without a backbone; other heads need one")
-        return self
+    @property
+    def end_to_end(self) -> bool:
+        """Trains on images (augmentation, fine-tuning, the custom CNN), not cached features."""
+        t = self.training
+        return self.head.type == "cnn" or t.augmentation.active or t.fine_tune.layers > 0
 
 
 class ExportParams(_Strict):
-    model: str = "convnext_full"
+    model: str = Field("convnext_full", description="a model name, or 'best' (validation F1)")
     opset: int = Field(17, ge=17, le=18)
     parity_tolerance: float = Field(1e-4, gt=0)
 
@@ -126,6 +189,7 @@ class Params(_Strict):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     split: SplitParams = SplitParams()
+    backbones: dict[str, BackboneParams] = Field(min_length=1)
     models: dict[str, ModelParams] = Field(min_length=1)
     export: ExportParams = ExportParams()
     benchmark: BenchmarkParams = BenchmarkParams()
@@ -133,14 +197,33 @@ class Params(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _export_model_exists(self) -> Params:
-        chosen = self.models.get(self.export.model)
-        if chosen is None:
-            raise ValueError(f"export.model '{self.export.model}' is not one of models: "
-                             f"{', '.join(self.models)}")
-        if chosen.backbone is None:
-            raise ValueError(f"export.model '{self.export.model}' has no backbone to export")
+    def _references_exist(self) -> Params:
+        for name, model in self.models.items():
+            backbone = self.backbones.get(model.backbone)
+            if backbone is None:
+                raise ValueError(f"models.{name}.backbone '{model.backbone}' is not one of "
+                                 f"backbones: {', '.join(self.backbones)}")
+            rescale = backbone.architecture == "rescale"
+            if rescale != (model.head.type == "cnn"):
+                raise ValueError(f"models.{name}: a 'cnn' head goes with a 'rescale' backbone, "
+                                 "other heads with a pretrained architecture")
+            if model.head.type == "flatten" and backbone.pooling != "none":
+                raise ValueError(f"models.{name}: a flatten head needs backbones."
+                                 f"{model.backbone}.pooling: none")
+            if rescale and model.training.fine_tune.layers:
+                raise ValueError(f"models.{name}.training.fine_tune.layers: a 'rescale' "
+                                 "backbone has nothing to fine-tune; set it to 0")
+        if unused := set(self.backbones) - {model.backbone for model in self.models.values()}:
+            raise ValueError(f"backbones {', '.join(sorted(unused))}: no model uses it; remove "
+                             "it (each backbone gets its own preprocess stage)")
+        if self.export.model not in {*self.models, "best"}:
+            raise ValueError(f"export.model '{self.export.model}' is not 'best' nor one of "
+                             f"models: {', '.join(self.models)}")
         return self
+
+    def backbone_of(self, model: str) -> BackboneParams:
+        """The backbone settings of a model."""
+        return self.backbones[self.model(model).backbone]
 
     def model(self, name: str) -> ModelParams:
         """Return one model's settings, or fail naming the known models."""

@@ -1,4 +1,4 @@
-"""Stage `preprocess@<model>`: images resized to the model's input size as uint8 arrays.
+"""Stage `preprocess@<backbone>`: images resized to its input size as uint8 arrays.
 
 Per split: `<split>_x.npy` (N, S, S, 3) uint8 and `<split>_y.npy` (N,) class indices in the
 order of `labels.json`. Arrays are written through a memory map, so memory stays flat
@@ -56,18 +56,20 @@ def preprocess(split_csv: Path, labels: list[str], out_dir: Path, *, size: int,
 
 
 def main() -> None:
-    """Run the stage with `models.<model>.input_size` of params.yaml."""
+    """Run the stage with `backbones.<backbone>.input_size` of params.yaml."""
     from stages.cli_util import stage_main
     from stages.params import load_params
 
-    def work(model: str) -> str:
-        size = load_params().model(model).input_size
+    def work(backbone: str) -> str:
+        settings = load_params().backbones.get(backbone)
+        if settings is None:
+            raise ValueError(f"unknown backbone '{backbone}'; see `backbones` in params.yaml")
         counts = preprocess(Path("artifacts/split/split.csv"),
                             read_json("artifacts/split/labels.json"),
-                            Path(f"artifacts/arrays/{model}"), size=size)
-        return f"{sum(counts.values())} images at {size}px ({counts})"
+                            Path(f"artifacts/arrays/{backbone}"), size=settings.input_size)
+        return f"{sum(counts.values())} images at {settings.input_size}px ({counts})"
 
-    stage_main("preprocess", work, with_model=True)
+    stage_main("preprocess", work, per="backbone")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,15 @@ def harness():
 
 def test_stage_order_is_read_from_dvc_yaml():
     order = pipeline_stages(ROOT)
-    assert order[0] == "ingest" and order[-1] in {"benchmark", "evaluate@custom_cnn"}
-    for before, after in [("validate", "split"), ("preprocess@convnext_full",
-                          "features@convnext_full"), ("features@convnext_full",
-                          "train@convnext_full"), ("evaluate@convnext_full", "export"),
-                          ("export", "benchmark"), ("train@custom_cnn", "evaluate@custom_cnn")]:
+    assert order[0] == "ingest"
+    for before, after in [("validate", "split"), ("preprocess@convnext_base",
+                          "features@convnext_base"), ("features@convnext_base",
+                          "train@convnext_full"), ("evaluate@convnext_full", "select"),
+                          ("train@densenet121", "select"), ("select", "export"),
+                          ("export", "benchmark"), ("train@custom_cnn", "evaluate@custom_cnn"),
+                          ("evaluate@convnext_mini", "leaderboard")]:
         assert order.index(before) < order.index(after)
-    assert len(order) == len(set(order)) == 12
+    assert len(order) == len(set(order)) == 22
 
 
 def edit_params(project, change):
@@ -52,7 +54,7 @@ def test_flow_skips_unchanged_stages_and_runs_changed_ones(reproduced, harness):
     try:
         result = pipeline(str(project))
         assert {r["stage"] for r in result["stages"] if r["ran"]} == {
-            "train@custom_cnn", "evaluate@custom_cnn"}
+            "train@custom_cnn", "evaluate@custom_cnn", "leaderboard", "select"}
     finally:
         restore()
         pipeline(str(project))

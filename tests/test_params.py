@@ -14,9 +14,29 @@ def raw() -> dict:
 
 def test_project_params_and_tiny_profile_are_valid():
     params = load_params(ROOT / "params.yaml")
-    assert params.models["convnext_full"].backbone.name == "ConvNeXtBase"
-    assert params.models["convnext_full"].backbone.weights is None  # offline by default
-    assert parse_params(tiny_params()).models["convnext_full"].input_size == 32
+    assert set(params.models) == {"custom_cnn", "inception_resnet_v2", "densenet121",
+                                  "convnext_mini", "convnext_full"}
+    assert params.backbone_of("convnext_full").architecture == "ConvNeXtBase"
+    assert all(b.weights is None for b in params.backbones.values())  # offline by default
+    tiny = parse_params(tiny_params())
+    assert tiny.backbone_of("convnext_full").input_size == 32
+    assert tiny.models.keys() == params.models.keys()
+
+
+def test_defaults_follow_the_study():
+    params = load_params(ROOT / "params.yaml")
+    full, mini = params.models["convnext_full"], params.models["convnext_mini"]
+    assert (full.training.optimizer, full.training.learning_rate, full.training.weight_decay,
+            full.training.batch_size) == ("adamw", 1e-4, 3e-4, 32)
+    assert full.head.dense_units == [1024, 512] and mini.head.type == "gap"
+    assert mini.training.batch_size == 8 and not mini.end_to_end and not full.end_to_end
+    inception = params.models["inception_resnet_v2"]
+    assert params.backbone_of("inception_resnet_v2").input_size == 299
+    assert inception.head.type == "flatten" and inception.training.optimizer == "rmsprop"
+    assert inception.training.augmentation.rotation == 0.2 and inception.end_to_end
+    densenet = params.models["densenet121"].training
+    assert densenet.fine_tune.layers == 50 and densenet.fine_tune.learning_rate == 1e-5
+    assert not any(m.training.class_weights for m in params.models.values())
 
 
 def test_unknown_key_is_named():
@@ -30,7 +50,11 @@ def test_unknown_key_is_named():
     (("split", "test_fraction"), 1.5, "split.test_fraction"),
     (("models", "custom_cnn", "training", "optimizer"), "sgd9", "optimizer"),
     (("export", "model"), "nope", "export.model 'nope'"),
-    (("models", "convnext_full", "backbone", "name"), "ResNet", "backbone.name"),
+    (("backbones", "convnext_base", "architecture"), "ResNet", "convnext_base.architecture"),
+    (("models", "convnext_full", "backbone"), "resnet", "models.convnext_full.backbone"),
+    (("models", "densenet121", "training", "augmentation", "zoom"), 1.5, "augmentation.zoom"),
+    (("models", "densenet121", "training", "fine_tune", "layers"), -1, "fine_tune.layers"),
+    (("backbones", "inception_resnet_v2", "input_size"), 64, "input_size >= 75"),
     (("export", "opset"), 13, "export.opset"),
 ])
 def test_impossible_values_are_rejected(path, value, fragment):
@@ -43,11 +67,29 @@ def test_impossible_values_are_rejected(path, value, fragment):
         parse_params(data)
 
 
-def test_cnn_head_cannot_take_a_backbone():
+@pytest.mark.parametrize(("model", "key", "value", "fragment"), [
+    ("custom_cnn", "backbone", "convnext_base", "a 'cnn' head goes with a 'rescale' backbone"),
+    ("convnext_full", "backbone", "pixels", "a 'cnn' head goes with a 'rescale' backbone"),
+    ("convnext_mini", "head", {"type": "flatten"}, "flatten head needs"),
+])
+def test_heads_must_fit_their_backbone(model, key, value, fragment):
     data = raw()
-    data["models"]["custom_cnn"]["backbone"] = {"name": "ConvNeXtTiny"}
-    with pytest.raises(ParamsError, match="cnn"):
+    data["models"][model][key] = value
+    with pytest.raises(ParamsError, match=fragment):
         parse_params(data)
+
+
+def test_unused_backbone_is_named():
+    data = raw()
+    data["backbones"]["spare"] = {"architecture": "DenseNet121", "input_size": 64}
+    with pytest.raises(ParamsError, match="backbones spare: no model uses it"):
+        parse_params(data)
+
+
+def test_best_is_a_valid_export_choice():
+    data = raw()
+    data["export"]["model"] = "best"
+    assert parse_params(data).export.model == "best"
 
 
 def test_unknown_model_lookup_names_known_models():

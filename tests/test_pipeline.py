@@ -8,22 +8,23 @@ import yaml
 from conftest import ran_stages, run
 
 pytestmark = pytest.mark.slow
-MODELS = ("custom_cnn", "convnext_full")
+MODELS = ("custom_cnn", "inception_resnet_v2", "densenet121", "convnext_mini", "convnext_full")
+BACKBONES = ("pixels", "convnext_base", "densenet121", "inception_resnet_v2")
 
 
 def test_first_repro_runs_every_stage(reproduced):
     _, output = reproduced
     assert ran_stages(output) == {
-        "ingest", "validate", "split", "preprocess@custom_cnn", "preprocess@convnext_full",
-        "features@convnext_full", "train@custom_cnn", "train@convnext_full",
-        "evaluate@custom_cnn", "evaluate@convnext_full", "export", "benchmark"}
+        "ingest", "validate", "split", *(f"preprocess@{b}" for b in BACKBONES),
+        "features@convnext_base", *(f"train@{m}" for m in MODELS),
+        *(f"evaluate@{m}" for m in MODELS), "leaderboard", "select", "export", "benchmark"}
 
 
 def test_metrics_plots_and_reports_are_written(reproduced):
     project, _ = reproduced
     labels = json.loads((project / "artifacts/split/labels.json").read_text())
     for model in MODELS:
-        metrics = json.loads((project / f"metrics/{model}.json").read_text())
+        metrics = json.loads((project / f"metrics/models/{model}.json").read_text())
         assert 0 <= metrics["macro_f1"] <= 1 and metrics["classes"] == len(labels)
         assert metrics["test_images"] >= len(labels)
         assert (project / f"dvclive/{model}/plots/metrics/train/loss.tsv").is_file()
@@ -31,8 +32,9 @@ def test_metrics_plots_and_reports_are_written(reproduced):
         assert confusion[0] == "actual,predicted" and len(confusion) == metrics["test_images"] + 1
     shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=project).stdout)
     files = next(iter(shown.values()))["data"]
-    assert {"metrics/custom_cnn.json", "metrics/convnext_full.json",
-            "metrics/benchmark.json"} <= set(files)
+    assert {*(f"metrics/models/{m}.json" for m in MODELS), "metrics/benchmark.json"} <= set(files)
+    board = (project / "reports/leaderboard.md").read_text()
+    assert all(f"| {m} |" in board for m in MODELS) and "majority class (baseline)" in board
     ingest = json.loads((project / "reports/ingest.json").read_text())
     assert ingest["quarantined"] == 0 and ingest["ingested"] == ingest["metadata_rows"]
     assert json.loads((project / "reports/validation.json").read_text())["success"]
@@ -44,7 +46,10 @@ def test_onnx_export_passes_parity_and_carries_provenance(reproduced):
     project, _ = reproduced
     report = json.loads((project / "metrics/export.json").read_text())
     assert report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
-    metadata = read_metadata(project / "models/convnext_full.onnx")
+    assert report["model"] == "convnext_full"
+    assert report["reason"] == "export.model names convnext_full"
+    metadata = read_metadata(project / "export/model.onnx")
+    assert metadata["model_name"] == "convnext_full" and metadata["backbone"] == "ConvNeXtTiny"
     labels = json.loads((project / "artifacts/split/labels.json").read_text())
     assert json.loads(metadata["labels"]) == labels
     assert metadata["input_size"] == "32" and metadata["input_dtype"] == "uint8"
@@ -53,7 +58,7 @@ def test_onnx_export_passes_parity_and_carries_provenance(reproduced):
     assert metadata["data_dvc_md5"] == data_md5
     head = run("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
     assert metadata["git_revision"].startswith(head)
-    macro_f1 = json.loads((project / "metrics/convnext_full.json").read_text())["macro_f1"]
+    macro_f1 = json.loads((project / "metrics/models/convnext_full.json").read_text())["macro_f1"]
     assert metadata["test_macro_f1"] == f"{macro_f1:.4f}"
     bench = json.loads((project / "metrics/benchmark.json").read_text())
     for runtime in ("keras_tf_function", "onnxruntime_fp32"):
@@ -68,20 +73,56 @@ def test_second_repro_runs_nothing(reproduced):
     assert json.loads(run("dvc", "status", "--json", cwd=project).stdout) == {}
 
 
-def test_head_parameter_reruns_only_that_model_and_export(reproduced):
-    project, _ = reproduced
+def _repro_with(project, change) -> set[str]:
+    """Stages a `dvc repro` runs after `change(params)`; params.yaml is restored afterwards."""
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    params["models"]["convnext_full"]["training"]["learning_rate"] = 0.0005
+    change(params)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        output = run("dvc", "repro", cwd=project).stdout
-        assert ran_stages(output) == {"train@convnext_full", "evaluate@convnext_full",
-                                      "export", "benchmark"}
+        return ran_stages(run("dvc", "repro", cwd=project).stdout)
     finally:
         params_file.write_text(original)
         run("dvc", "repro", cwd=project)  # back to the committed state (from the run cache)
+
+
+def test_head_parameter_reruns_only_that_model_and_export(reproduced):
+    project, _ = reproduced
+
+    def change(params):
+        params["models"]["convnext_full"]["training"]["learning_rate"] = 0.0005
+
+    # Not features@convnext_base: a head never reruns its backbone.
+    assert _repro_with(project, change) == {"train@convnext_full", "evaluate@convnext_full",
+                                            "leaderboard", "select", "export", "benchmark"}
+
+
+def test_other_model_parameter_leaves_export_alone(reproduced):
+    project, _ = reproduced
+
+    def change(params):
+        params["models"]["custom_cnn"]["head"]["dropout"] = 0.1
+
+    # select sees the same choice and writes the same folder, so DVC skips export.
+    assert _repro_with(project, change) == {"train@custom_cnn", "evaluate@custom_cnn",
+                                            "leaderboard", "select"}
+
+
+def test_export_best_picks_the_highest_validation_f1(reproduced, tmp_path):
+    from stages.params import load_params
+    from stages.select import select
+
+    project, _ = reproduced
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["export"]["model"] = "best"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    choice = select(load_params(tmp_path / "params.yaml"), project, tmp_path / "export")
+    scores = {m: json.loads((project / f"reports/train/{m}.json").read_text())["val_macro_f1"]
+              for m in MODELS}
+    assert scores[choice["model"]] == max(scores.values())
+    assert choice["reason"].startswith("export.model is best: highest validation macro F1")
+    assert (tmp_path / "export/model.keras").is_file()
 
 
 def test_export_keeps_no_file_when_parity_fails(reproduced, monkeypatch, tmp_path):
@@ -97,6 +138,5 @@ def test_export_keeps_no_file_when_parity_fails(reproduced, monkeypatch, tmp_pat
     params = load_params(project / "params.yaml")
     out, report = tmp_path / "model.onnx", tmp_path / "export.json"
     with pytest.raises(onnx_export.ParityError, match=r"0\.25"):
-        export("convnext_full", params.model("convnext_full"), params.export, out, report,
-               params.ingest.max_side)
+        export(project / "artifacts/export", params.export, out, report, params.ingest.max_side)
     assert not out.exists() and not report.exists()

@@ -20,7 +20,7 @@ def model(reproduced):
     assert (EOL_SAMPLE / "metadata.csv").is_file(), \
         f"the real EOL sample is missing at {EOL_SAMPLE}: set RARESPECIES_SHARED_DATA"
     project, _ = reproduced
-    return project / "models/convnext_full.onnx"
+    return project / "export/model.onnx"
 
 
 def test_real_eol_photos_get_valid_probabilities(model):
@@ -81,7 +81,7 @@ def test_images_are_prepared_as_the_pipeline_prepared_them(model):
     split = pd.read_csv(project / "artifacts/split/split.csv", dtype={"id": str})
     manifest = pd.read_csv(project / "artifacts/ingest/manifest.csv", dtype={"id": str})
     test = split[split["split"] == "test"].merge(manifest[["id", "source_path"]], on="id")
-    trained_on = np.load(project / "artifacts/arrays/convnext_full/test_x.npy")
+    trained_on = np.load(project / "artifacts/arrays/convnext_base/test_x.npy")
     for row, expected in zip(test.itertuples(), trained_on, strict=True):
         pixels = classifier.pixels(project / "data" / row.source_path)
         # Ingest stores normalized images as JPEG (quality 95): only that re-encoding differs.

@@ -64,14 +64,14 @@ def leaderboard(metrics_dir: Path, train_dir: Path, split_csv: Path) -> pd.DataF
     rows.append({"model": "majority class (baseline)", "backbone": "-", "head": "-",
                  "trained on": "-", "macro F1": base["macro_f1"],
                  "weighted F1": base["weighted_f1"], "accuracy": base["accuracy"]})
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS).astype({"epochs": "Int64"})
     return table.sort_values("macro F1", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table, numbers to four decimals, blanks as '-'."""
     def cell(value: object) -> str:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
+        if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
             return "-"
         if isinstance(value, float):
             return f"{value:.4f}"

@@ -73,10 +73,13 @@ def evaluate(model_file: Path, data_dir: Path, labels: list[str], out_metrics: P
     Returns:
         The metrics.
     """
+    import tensorflow as tf
+
     model = keras.models.load_model(model_file)
+    # Traced once: calling a whole end-to-end model eagerly per batch is several times slower.
+    forward = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
     x, y = load_split(data_dir, "test")
-    probabilities = np.concatenate([model(xb, training=False).numpy()
-                                    for xb, _ in batches(x, y, 64)])
+    probabilities = np.concatenate([forward(xb).numpy() for xb, _ in batches(x, y, 64)])
     metrics, table = score(y, probabilities, labels)
     write_json(out_metrics, metrics)
     with atomic_path(out_table) as tmp:

@@ -103,9 +103,7 @@ def main() -> None:
     from stages.params import load_params
 
     def work(backbone: str) -> str:
-        settings = load_params().backbones.get(backbone)
-        if settings is None:
-            raise ValueError(f"unknown backbone '{backbone}'; see `backbones` in params.yaml")
+        settings = load_params().backbone(backbone)
         counts = compute_features(Path(f"artifacts/arrays/{backbone}"),
                                   Path(f"artifacts/features/{backbone}"), settings)
         return f"{settings.architecture} features for {counts}"

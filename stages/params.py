@@ -117,6 +117,9 @@ class FullHead(_Strict):
     dropout: float = Field(0.5, ge=0, lt=1)
 
 
+Optimizer = Literal["adam", "adamw", "rmsprop"]
+
+
 class Augmentation(_Strict):
     """Random image transforms applied while training (Keras preprocessing layers)."""
 
@@ -136,14 +139,14 @@ class FineTune(_Strict):
     """After the frozen phase, unfreeze the backbone's last layers and train on at a low rate."""
 
     layers: int = Field(0, ge=0, description="weight-holding layers to unfreeze; 0 = off")
-    optimizer: Literal["adam", "adamw", "rmsprop"] = "adamw"
+    optimizer: Optimizer = "adamw"
     learning_rate: float = Field(1e-5, gt=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     epochs: int = Field(5, ge=1)
 
 
 class TrainingParams(_Strict):
-    optimizer: Literal["adam", "adamw", "rmsprop"]
+    optimizer: Optimizer
     learning_rate: float = Field(gt=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(ge=1)
@@ -223,7 +226,15 @@ class Params(_Strict):
 
     def backbone_of(self, model: str) -> BackboneParams:
         """The backbone settings of a model."""
-        return self.backbones[self.model(model).backbone]
+        return self.backbone(self.model(model).backbone)
+
+    def backbone(self, name: str) -> BackboneParams:
+        """Return one backbone's settings, or fail naming the known backbones."""
+        try:
+            return self.backbones[name]
+        except KeyError:
+            raise ParamsError(f"unknown backbone '{name}'; params.yaml defines: "
+                              f"{', '.join(self.backbones)}") from None
 
     def model(self, name: str) -> ModelParams:
         """Return one model's settings, or fail naming the known models."""

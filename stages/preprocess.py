@@ -61,9 +61,7 @@ def main() -> None:
     from stages.params import load_params
 
     def work(backbone: str) -> str:
-        settings = load_params().backbones.get(backbone)
-        if settings is None:
-            raise ValueError(f"unknown backbone '{backbone}'; see `backbones` in params.yaml")
+        settings = load_params().backbone(backbone)
         counts = preprocess(Path("artifacts/split/split.csv"),
                             read_json("artifacts/split/labels.json"),
                             Path(f"artifacts/arrays/{backbone}"), size=settings.input_size)

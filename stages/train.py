@@ -149,12 +149,13 @@ def main() -> None:
         settings = params.model(model)
         entry = check_model(params, model)
         classes = len(read_json("artifacts/split/labels.json"))
-        result = train(settings, params.backbone_of(model),
+        backbone = params.backbone_of(model)
+        result = train(settings, backbone,
                        Path(f"artifacts/{entry['inputs']}/{entry['backbone']}"), classes,
                        Path(f"models/{model}/model.keras"), Path(f"dvclive/{model}"))
         write_json(f"reports/train/{model}.json",
                    {"model": model, "backbone": settings.backbone,
-                    "architecture": params.backbone_of(model).architecture,
+                    "architecture": backbone.architecture,
                     "head": settings.head.type, **result})
         return (f"{result['epochs']} epochs on {entry['inputs']}, best {result['best_epoch']}: "
                 f"val_loss {result['val_loss']:.4f}, val macro F1 {result['val_macro_f1']:.4f}")

@@ -92,6 +92,16 @@ def test_best_is_a_valid_export_choice():
     assert parse_params(data).export.model == "best"
 
 
-def test_unknown_model_lookup_names_known_models():
+def test_unknown_model_or_backbone_lookup_names_known_ones():
+    params = load_params(ROOT / "params.yaml")
     with pytest.raises(ParamsError, match="custom_cnn"):
-        load_params(ROOT / "params.yaml").model("resnet")
+        params.model("resnet")
+    with pytest.raises(ParamsError, match=r"unknown backbone 'resnet'.*convnext_base"):
+        params.backbone("resnet")
+
+
+def test_architectures_are_the_backbones_the_code_builds():
+    from stages.backbones import BACKBONES
+    from stages.params import ARCHITECTURES
+
+    assert set(ARCHITECTURES) == {"rescale", *BACKBONES}

@@ -18,9 +18,22 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Real EOL photos and the dataset's full metadata (test use only, never copied into the
-# repository): ../shared/data beside the project, as on the developers' machines and in CI,
-# unless RARESPECIES_SHARED_DATA says otherwise.
-SHARED_DATA = Path(os.environ.get("RARESPECIES_SHARED_DATA", ROOT.parent / "shared/data"))
+# repository): RARESPECIES_SHARED_DATA if set, else ../shared/data beside the project, as on the
+# developers' machines, else beside the checkout a local clone was made from (a clone in /tmp).
+
+
+def _shared_data() -> Path:
+    if "RARESPECIES_SHARED_DATA" in os.environ:
+        return Path(os.environ["RARESPECIES_SHARED_DATA"])
+    candidates = [ROOT.parent / "shared/data"]
+    origin = subprocess.run(["git", "config", "--get", "remote.origin.url"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared/data")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+SHARED_DATA = _shared_data()
 EOL_SAMPLE = SHARED_DATA / "eol-real-sample"
 HEADER = ["rare_species_id", "eol_content_id", "eol_page_id", "kingdom", "phylum", "family",
           "file_path"]

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from sklearn.metrics import f1_score
 
+from stages.checkpoint import Checkpoint, ResumableEarlyStopping, SaveEachEpoch, fingerprint
 from stages.data import batches, load_split
 from stages.io import atomic_path, read_json, write_json
 from stages.models import (
@@ -63,31 +64,50 @@ def build_model(settings: ModelParams, backbone: BackboneParams, x_train: np.nda
     return build_end_to_end(base, head, settings.training.augmentation, settings.training.seed)
 
 
-def _fit(model: keras.Model, optimizer: keras.optimizers.Optimizer, data: tuple, epochs: tuple,
-         patience: int, weights: dict | None, live) -> dict:
-    """One training phase from epoch `epochs[0]` to `epochs[1]`; returns its history."""
+def _replay(live, history: dict[str, list[float]]) -> None:
+    """Log the epochs a resumed run already did, as DVCLiveCallback logged them."""
+    from dvclive.utils import standardize_metric_name
+
+    for epoch in range(len(history.get("loss", []))):
+        for key, values in history.items():
+            live.log_metric(standardize_metric_name(key, "dvclive.keras"), values[epoch])
+        live.next_step()
+
+
+def _phase(model: keras.Model, optimizer: keras.optimizers.Optimizer | None, data: tuple,
+           end: int, patience: int, weights: dict | None, live, saving: dict) -> None:
+    """Train one phase up to epoch `end`, from where `saving["state"]` stands.
+
+    `optimizer` None means the model comes compiled from a checkpoint, optimizer state and all.
+    Early stopping restores the phase's best weights at its end.
+    """
     from dvclive.keras import DVCLiveCallback
 
+    state = saving["state"]
+    stopper = ResumableEarlyStopping(patience, saved=saving.get("stopper"))
+    if state.get("stopped") or state["epoch"] >= end:  # the phase had finished
+        if stopper.saved and stopper.saved[1] is not None:
+            model.set_weights(stopper.saved[1])
+        return
+    if optimizer is not None:
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
     train_data, val_data, y_val = data
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    history = model.fit(
-        train_data, validation_data=val_data, initial_epoch=epochs[0], epochs=epochs[1],
-        verbose=2, shuffle=False, class_weight=weights,
-        callbacks=[MacroF1(val_data, y_val),
-                   keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                 restore_best_weights=True),
-                   DVCLiveCallback(live=live)])
-    return history.history
+    model.fit(train_data, validation_data=val_data, initial_epoch=state["epoch"], epochs=end,
+              verbose=2, shuffle=False, class_weight=weights,
+              callbacks=[MacroF1(val_data, y_val), stopper, DVCLiveCallback(live=live),
+                         SaveEachEpoch(saving["checkpoint"], stopper, state,
+                                       saving.get("frozen_weights"))])
 
 
 def train(settings: ModelParams, backbone: BackboneParams, data_dir: Path, classes: int,
-          out_file: Path, live_dir: Path) -> dict:
+          out_file: Path, live_dir: Path, checkpoint_dir: Path) -> dict:
     """Train one model and save it: the head (cached features) or the whole end-to-end model.
 
     A fine-tuning phase, when set, follows the frozen phase: the backbone's last layers are
     unfrozen and training goes on at the fine-tuning rate. Its weights are kept only if it
-    lowered the validation loss.
+    lowered the validation loss. Each epoch is checkpointed; an interrupted run of the same
+    params on the same inputs resumes where it stopped.
 
     Args:
         settings: the model's params.
@@ -97,45 +117,73 @@ def train(settings: ModelParams, backbone: BackboneParams, data_dir: Path, class
         classes: number of families.
         out_file: where to save the Keras model (`.keras`).
         live_dir: dvclive output folder (per-epoch metrics and plots).
+        checkpoint_dir: this training's checkpoint folder, removed once it finishes.
 
     Returns:
         What was trained on, epochs run, the best epoch and its validation loss and macro F1.
     """
     from dvclive import Live
 
-    t = settings.training
+    t, ft = settings.training, settings.training.fine_tune
     seed_everything(t.seed)
     x_train, y_train = load_split(data_dir, "train")
     x_val, y_val = load_split(data_dir, "val")
-    model = build_model(settings, backbone, x_train, classes)
     data = (batches(x_train, y_train, t.batch_size, shuffle=True, seed=t.seed),
             batches(x_val, y_val, t.batch_size), y_val)
     weights = class_weights(y_train, classes) if t.class_weights else None
+    checkpoint = Checkpoint(checkpoint_dir, fingerprint(
+        {"model": settings.model_dump(mode="json"), "backbone": backbone.model_dump(mode="json"),
+         "classes": classes},
+        [data_dir / f"{split}_{part}.npy" for split in ("train", "val") for part in "xy"]))
+    resumed = checkpoint.resume()
+    if resumed:
+        model, state = resumed.model, resumed.state
+        saving = {"state": state, "checkpoint": checkpoint, "frozen_weights":
+                  resumed.frozen_weights, "stopper": (state["stopper"], resumed.best_weights)}
+        print(f"Resuming from {checkpoint_dir}: {state['epoch']} epochs done "
+              f"({state['phase']} phase).")
+    else:
+        model = build_model(settings, backbone, x_train, classes)
+        state = {"phase": "frozen", "epoch": 0, "history": {}, "fine_tuned": 0}
+        saving = {"state": state, "checkpoint": checkpoint}
     with Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None) as live:
-        history = _fit(model, build_optimizer(t.optimizer, t.learning_rate, t.weight_decay),
-                       data, (0, t.epochs), t.patience, weights, live)
-        fine_tuned = 0
-        if t.fine_tune.layers:
-            from stages.backbones import unfreeze_last
+        _replay(live, state["history"])
+        if state["phase"] == "frozen":
+            optimizer = None if resumed else build_optimizer(t.optimizer, t.learning_rate,
+                                                             t.weight_decay)
+            _phase(model, optimizer, data, t.epochs, t.patience, weights, live, saving)
+            if ft.layers:
+                from stages.backbones import unfreeze_last
 
-            frozen_weights, frozen_best = model.get_weights(), min(history["val_loss"])
-            ft = t.fine_tune
-            fine_tuned = unfreeze_last(model.get_layer(BACKBONE), ft.layers)
-            done = len(history["val_loss"])
-            tuned = _fit(model, build_optimizer(ft.optimizer, ft.learning_rate, ft.weight_decay),
-                         data, (done, done + ft.epochs), t.patience, weights, live)
-            history = {key: history[key] + tuned[key] for key in history}
-            if min(tuned["val_loss"]) >= frozen_best:  # fine-tuning did not help: undo it
-                model.set_weights(frozen_weights)
+                # The frozen phase may have stopped early: fine-tuning starts where it ended.
+                state.update(phase="fine_tune", start=state["epoch"], stopped=False,
+                             frozen_best=min(state["history"]["val_loss"]),
+                             fine_tuned=unfreeze_last(model.get_layer(BACKBONE), ft.layers))
+                saving = {"state": state, "checkpoint": checkpoint,
+                          "frozen_weights": model.get_weights()}
+                resumed = None
+        if state["phase"] == "fine_tune":
+            optimizer = None if resumed else build_optimizer(ft.optimizer, ft.learning_rate,
+                                                             ft.weight_decay)
+            _phase(model, optimizer, data, state["start"] + ft.epochs, t.patience, weights,
+                   live, saving)
+            if min(state["history"]["val_loss"][state["start"]:]) >= state["frozen_best"]:
+                model.set_weights(saving["frozen_weights"])  # fine-tuning did not help
     with atomic_path(out_file) as tmp:
         model.save(tmp)
-    losses = history["val_loss"]
+    checkpoint.clear()
+    return _summary(settings, state)
+
+
+def _summary(settings: ModelParams, state: dict) -> dict:
+    """The training report: inputs, epochs, best epoch and its validation figures."""
+    losses = state["history"]["val_loss"]
     best = int(np.argmin(losses))
     return {"inputs": "arrays" if settings.end_to_end else "features",
             "epochs": len(losses), "best_epoch": best + 1, "val_loss": float(losses[best]),
-            "val_macro_f1": float(history["val_macro_f1"][best]),
-            "fine_tuned_layers": fine_tuned,
-            "fine_tune_kept": bool(fine_tuned) and best >= len(losses) - len(tuned["val_loss"])}
+            "val_macro_f1": float(state["history"]["val_macro_f1"][best]),
+            "fine_tuned_layers": state["fine_tuned"],
+            "fine_tune_kept": state["phase"] == "fine_tune" and best >= state["start"]}
 
 
 def main() -> None:
@@ -152,7 +200,8 @@ def main() -> None:
         backbone = params.backbone_of(model)
         result = train(settings, backbone,
                        Path(f"artifacts/{entry['inputs']}/{entry['backbone']}"), classes,
-                       Path(f"models/{model}/model.keras"), Path(f"dvclive/{model}"))
+                       Path(f"models/{model}/model.keras"), Path(f"dvclive/{model}"),
+                       Path(f"checkpoints/{model}"))
         write_json(f"reports/train/{model}.json",
                    {"model": model, "backbone": settings.backbone,
                     "architecture": backbone.architecture,

@@ -1,6 +1,7 @@
 """The whole pipeline on the tiny profile: outputs, parity, reruns exactly what changed."""
 
 import json
+import shutil
 import time
 
 import pytest
@@ -126,27 +127,28 @@ def test_export_best_picks_the_highest_validation_f1(reproduced, tmp_path):
     assert (tmp_path / "export/model.keras").is_file()
 
 
-def test_experiment_reports_the_changed_metric(reproduced):
-    project, _ = reproduced
-    try:
-        start = time.perf_counter()
-        run("dvc", "exp", "run", "-n", "short-head",
-            "-S", "models.convnext_full.training.epochs=1", cwd=project)
-        print(f"head-only experiment on the tiny profile: {time.perf_counter() - start:.1f} s")
-        diff = json.loads(run("dvc", "metrics", "diff", "--json", cwd=project).stdout)
-        assert diff["reports/train/convnext_full.json"]["epochs"]["new"] == 1
-        assert "reports/train/custom_cnn.json" not in diff  # nothing else retrained
-        shown = json.loads(run("dvc", "exp", "show", "--json", cwd=project).stdout)
-        experiments = [exp for commit in shown for exp in commit.get("experiments") or []]
-        ours = next(exp for exp in experiments if exp["name"] == "short-head")
-        data = ours["revs"][0]["data"]
-        epochs = data["metrics"]["reports/train/convnext_full.json"]["data"]["epochs"]
-        params = data["params"]["params.yaml"]["data"]["models"]["convnext_full"]
-        assert epochs == 1 and params["training"]["epochs"] == 1
-    finally:  # back to the committed workspace, outputs from the cache
-        run("git", "checkout", "--", ".", cwd=project)
-        run("dvc", "checkout", "--force", cwd=project)
-    assert json.loads(run("dvc", "status", "--json", cwd=project).stdout) == {}
+def test_experiment_reports_the_changed_metric(reproduced, tmp_path):
+    """`dvc exp run -S` on a head parameter; `dvc metrics diff` and `dvc exp show` report it."""
+    project = tmp_path / "project"
+    shutil.copytree(reproduced[0], project, symlinks=True)
+    run("git", "add", "-A", cwd=project)
+    run("git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm",
+        "baseline results", cwd=project)
+    start = time.perf_counter()
+    output = run("dvc", "exp", "run", "-n", "short-head",
+                 "-S", "models.convnext_full.training.epochs=1", cwd=project).stdout
+    print(f"head-only experiment on the tiny profile: {time.perf_counter() - start:.1f} s")
+    assert "features@convnext_base" not in ran_stages(output)
+    diff = json.loads(run("dvc", "metrics", "diff", "--json", cwd=project).stdout)
+    assert diff["reports/train/convnext_full.json"]["epochs"]["new"] == 1
+    assert "reports/train/custom_cnn.json" not in diff  # nothing else retrained
+    shown = json.loads(run("dvc", "exp", "show", "--json", cwd=project).stdout)
+    experiments = [exp for commit in shown for exp in commit.get("experiments") or []]
+    ours = next(exp for exp in experiments if exp["name"] == "short-head")
+    data = ours["revs"][0]["data"]
+    epochs = data["metrics"]["reports/train/convnext_full.json"]["data"]["epochs"]
+    params = data["params"]["params.yaml"]["data"]["models"]["convnext_full"]
+    assert epochs == 1 and params["training"]["epochs"] == 1
 
 
 def test_export_keeps_no_file_when_parity_fails(reproduced, monkeypatch, tmp_path):

@@ -132,8 +132,9 @@ def train(settings: ModelParams, backbone: BackboneParams, data_dir: Path, class
             batches(x_val, y_val, t.batch_size), y_val)
     weights = class_weights(y_train, classes) if t.class_weights else None
     checkpoint = Checkpoint(checkpoint_dir, fingerprint(
-        {"model": settings.model_dump(mode="json"), "backbone": backbone.model_dump(mode="json"),
-         "classes": classes},
+        {"model": settings.model_dump(mode="json"), "classes": classes,
+         # The keys train declares; batch_size is the feature stage's.
+         "backbone": backbone.model_dump(mode="json", exclude={"batch_size"})},
         [data_dir / f"{split}_{part}.npy" for split in ("train", "val") for part in "xy"]))
     resumed = checkpoint.resume()
     if resumed:

@@ -177,6 +177,17 @@ class ExportParams(_Strict):
     model: str = Field("convnext_full", description="a model name, or 'best' (validation F1)")
     opset: int = Field(17, ge=17, le=18)
     parity_tolerance: float = Field(1e-4, gt=0)
+    min_top1_agreement: float = Field(0.999, gt=0, le=1)
+
+
+class QuantizeParams(_Strict):
+    """The INT8 variant; the defaults won on ConvNeXt (benchmarks/quantization.py)."""
+
+    method: Literal["dynamic", "static"] = "dynamic"
+    op_types: list[str] = Field(["MatMul"], description="ONNX op types; [] = all supported")
+    per_channel: bool = False
+    max_f1_drop: float = Field(0.01, ge=0, le=1, description="macro F1 loss allowed (0.01 = "
+                               "one point)")
 
 
 class BenchmarkParams(_Strict):
@@ -195,6 +206,7 @@ class Params(_Strict):
     backbones: dict[str, BackboneParams] = Field(min_length=1)
     models: dict[str, ModelParams] = Field(min_length=1)
     export: ExportParams = ExportParams()
+    quantize: QuantizeParams = QuantizeParams()
     benchmark: BenchmarkParams = BenchmarkParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

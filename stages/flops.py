@@ -1,0 +1,73 @@
+"""How much arithmetic a model does, and how much this CPU can do: the benchmark's yardsticks.
+
+A model's FLOPs per image are counted from its ONNX graph (2 per multiply-add of Conv, MatMul
+and Gemm, which dominate CNNs and transformers alike); the CPU's attainable peak is measured,
+not looked up: an fp32 matrix product through NumPy's BLAS on every core.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+
+def _dims(value_info) -> list[int] | None:
+    """A tensor's shape, or None if any dimension is still unknown."""
+    dims = [d.dim_value for d in value_info.type.tensor_type.shape.dim]
+    return dims if dims and all(dims) else None
+
+
+def model_gflops(path: Path) -> float:
+    """Floating-point operations of one image through the ONNX model, in GFLOPs.
+
+    Args:
+        path: an ONNX model (fp32; quantized ops are not counted).
+
+    Returns:
+        2 x the multiply-adds of its Conv, MatMul and Gemm nodes, for a batch of one.
+    """
+    model = onnx.load(str(path))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1  # a concrete batch of one
+    # onnx's own inference loses the rows of MatMuls behind computed Reshapes (tf2onnx's
+    # LayerNorm); onnxruntime's symbolic inference follows them.
+    graph = SymbolicShapeInference.infer_shapes(model, auto_merge=True).graph
+    shapes = {v.name: _dims(v) for v in (*graph.input, *graph.value_info, *graph.output)}
+    shapes |= {t.name: list(t.dims) for t in graph.initializer}
+    macs = 0
+    for node in graph.node:
+        if node.op_type == "Conv":
+            out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
+            if out and weight:  # each output element: (C_in / groups) x kernel multiply-adds
+                macs += int(np.prod(out)) * int(np.prod(weight[1:]))
+        elif node.op_type in ("MatMul", "Gemm"):
+            a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+            if a and out:  # each output element: K multiply-adds
+                transposed = node.op_type == "Gemm" and any(
+                    attr.name == "transA" and attr.i for attr in node.attribute)
+                macs += int(np.prod(out)) * (a[-2] if transposed else a[-1])
+    return 2 * macs / 1e9
+
+
+def initializer_mb(path: Path) -> float:
+    """Size of the model's weights in MB (what quantization shrinks)."""
+    model = onnx.load(str(path))
+    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer) / 2**20
+
+
+def cpu_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Attainable fp32 GFLOP/s of this CPU: the best of a few `size` x `size` matrix products."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((size, size), dtype=np.float32) for _ in range(2))
+    a @ b  # warm-up: thread pool and caches
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9

@@ -1,8 +1,11 @@
-"""Stage `benchmark`: onnxruntime against Keras in a `tf.function`, same inputs, same run.
+"""Stage `benchmark`: every way to run the exported model, on the same inputs, in one run.
 
-Batch-1 latency (p50, p95) and batch throughput after warm-up, written to
-`metrics/benchmark.json` so `dvc metrics diff` shows speed changes between experiments.
-Ratios compare runtimes measured in the same process, which stays meaningful on a noisy host.
+Keras `model.predict`, Keras in a `tf.function`, onnxruntime fp32 and, when it was shipped,
+onnxruntime INT8: batch-1 latency (p50, p95) and batch throughput after warm-up, each runtime
+with the same thread count. Ratios compare runtimes measured in the same process, which stays
+meaningful on a noisy host; the achieved GFLOP/s are set against this CPU's fp32 peak measured
+in the same run. Figures go to `metrics/benchmark.json` (so `dvc metrics diff` shows speed
+changes) and a table to `reports/benchmark.md`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from stages.data import load_split
-from stages.io import write_json
+from stages.io import atomic_path, write_json
 from stages.params import BenchmarkParams
+
+LABELS = {"keras_predict": "Keras `model.predict`", "keras_tf_function": "Keras `tf.function`",
+          "onnxruntime_fp32": "onnxruntime fp32", "onnxruntime_int8": "onnxruntime INT8"}
 
 
 def measure(call: Callable[[np.ndarray], object], one: np.ndarray, batch: np.ndarray,
@@ -63,63 +69,114 @@ def onnx_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def benchmark(keras_model, onnx_path: Path, images: np.ndarray, params: BenchmarkParams) -> dict:
-    """Time both runtimes on the same real test images.
+def _onnx_call(path: Path, threads: int) -> Callable[[np.ndarray], object]:
+    session = onnx_session(path, threads)
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
+def goals(results: dict) -> dict:
+    """The issue's speed goals, each true or false, from the figures of one run."""
+    best_tf = min(results["keras_tf_function"]["p50_ms"], results["keras_predict"]["p50_ms"])
+    checks = {"fp32_no_slower_than_best_tf": results["onnxruntime_fp32"]["p50_ms"] <= best_tf}
+    int8 = results.get("onnxruntime_int8")
+    if int8:
+        checks |= {"int8_p50_at_most_60ms": int8["p50_ms"] <= 60,
+                   "int8_3x_faster_than_best_tf": best_tf / int8["p50_ms"] >= 3,
+                   "int8_20x_faster_than_predict":
+                       results["keras_predict"]["p50_ms"] / int8["p50_ms"] >= 20}
+    return checks
+
+
+def benchmark(keras_model, onnx_path: Path, int8_path: Path | None, images: np.ndarray,
+              params: BenchmarkParams) -> dict:
+    """Time every runtime on the same real test images.
 
     Args:
         keras_model: the Keras inference model (uint8 input).
         onnx_path: its ONNX export.
+        int8_path: the shipped INT8 variant, or None when it was not shipped.
         images: uint8 test images; repeated to fill a batch when there are fewer.
         params: benchmark settings.
 
     Returns:
-        The figures per runtime and the ONNX speed-up ratios.
+        The figures per runtime, speed-ups over `model.predict` and the best TF path, the
+        fraction of the CPU's fp32 peak achieved at batch size, and the goals.
     """
     import tensorflow as tf
 
-    threads = params.threads or os.cpu_count() or 1
-    reps = -(-params.batch_size // len(images))
-    batch = np.concatenate([images] * reps)[:params.batch_size]
-    one = images[:1]
+    from stages.flops import cpu_peak_gflops, model_gflops
 
+    threads = params.threads or os.cpu_count() or 1
+    batch = np.concatenate([images] * -(-params.batch_size // len(images)))[:params.batch_size]
     forward = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
-    session = onnx_session(onnx_path, threads)
-    input_name = session.get_inputs()[0].name
-    results = {
-        "keras_tf_function": measure(lambda x: forward(x).numpy(), one, batch, params),
-        "onnxruntime_fp32": measure(lambda x: session.run(None, {input_name: x}), one, batch,
-                                    params),
-    }
-    keras_r, onnx_r = results["keras_tf_function"], results["onnxruntime_fp32"]
-    return {
-        "input_size": int(images.shape[1]), "batch_size": params.batch_size,
-        "threads": threads, **results,
-        "onnx_speedup_p50": round(keras_r["p50_ms"] / onnx_r["p50_ms"], 2),
-        "onnx_speedup_throughput": round(onnx_r["throughput_ips"] / keras_r["throughput_ips"], 2),
-    }
+    calls = {"keras_predict": lambda x: keras_model.predict(x, batch_size=len(x), verbose=0),
+             "keras_tf_function": lambda x: forward(x).numpy(),
+             "onnxruntime_fp32": _onnx_call(onnx_path, threads)}
+    if int8_path is not None:
+        calls["onnxruntime_int8"] = _onnx_call(int8_path, threads)
+    results = {name: measure(call, images[:1], batch, params) for name, call in calls.items()}
+    gflops, peak = model_gflops(onnx_path), cpu_peak_gflops()
+    best_tf = min(results["keras_tf_function"]["p50_ms"], results["keras_predict"]["p50_ms"])
+    for figures in results.values():
+        figures["speedup_vs_predict"] = round(
+            results["keras_predict"]["p50_ms"] / figures["p50_ms"], 2)
+        figures["speedup_vs_best_tf"] = round(best_tf / figures["p50_ms"], 2)
+        figures["peak_fraction"] = round(gflops * figures["throughput_ips"] / peak, 4)
+    return {"input_size": int(images.shape[1]), "batch_size": params.batch_size,
+            "threads": threads, "model_gflops": round(gflops, 2),
+            "cpu_peak_gflops": round(peak, 1), **results, "goals": goals(results)}
+
+
+def table(figures: dict) -> str:
+    """The benchmark as a Markdown table, with the goals under it."""
+    lines = [f"# Inference benchmark ({figures['input_size']} px, {figures['threads']} threads)",
+             "",
+             f"Model: {figures['model_gflops']} GFLOPs per image. CPU fp32 peak measured in the "
+             f"same run (NumPy matrix product): {figures['cpu_peak_gflops']} GFLOP/s.", "",
+             f"| runtime | batch-1 p50 | p95 | batch-{figures['batch_size']} throughput "
+             "| vs `model.predict` | vs best TF | share of fp32 peak |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, label in LABELS.items():
+        if name in figures:
+            f = figures[name]
+            lines.append(f"| {label} | {f['p50_ms']:.1f} ms | {f['p95_ms']:.1f} ms "
+                         f"| {f['throughput_ips']:.1f} img/s | {f['speedup_vs_predict']:.1f}x "
+                         f"| {f['speedup_vs_best_tf']:.2f}x | {f['peak_fraction']:.1%} |")
+    if "onnxruntime_int8" not in figures:
+        lines += ["", "No INT8 row: the quantized model did not pass its gate (see "
+                  "`metrics/quantize.json`)."]
+    lines += ["", "Goals:", *(f"- {name.replace('_', ' ')}: {'met' if ok else 'NOT met'}"
+                              for name, ok in figures["goals"].items())]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    """Run the stage with the `benchmark` keys on the exported model."""
+    """Run the stage with the `benchmark` keys on the exported models."""
     from stages.cli_util import stage_main
     from stages.export import EXPORT_DIR, ONNX_FILE, load_inference_model
     from stages.params import load_params
+    from stages.quantize import INT8_DIR, INT8_NAME
 
     def work() -> str:
         import tensorflow as tf
 
         params = load_params()
-        # Both runtimes get the same thread count; TF takes it only before its first op.
+        # Every runtime gets the same thread count; TF takes it only before its first op.
         tf.config.threading.set_intra_op_parallelism_threads(
             params.benchmark.threads or os.cpu_count() or 1)
         images, _ = load_split(EXPORT_DIR, "test")
-        figures = benchmark(load_inference_model(EXPORT_DIR), ONNX_FILE, np.asarray(images),
+        int8 = INT8_DIR / INT8_NAME
+        figures = benchmark(load_inference_model(EXPORT_DIR), ONNX_FILE,
+                            int8 if int8.is_file() else None, np.asarray(images),
                             params.benchmark)
         write_json("metrics/benchmark.json", figures)
-        k, o = figures["keras_tf_function"], figures["onnxruntime_fp32"]
-        return (f"batch 1 p50: keras {k['p50_ms']} ms, onnx {o['p50_ms']} ms; "
-                f"batch {figures['batch_size']}: keras {k['throughput_ips']} img/s, "
-                f"onnx {o['throughput_ips']} img/s")
+        with atomic_path("reports/benchmark.md") as tmp:
+            tmp.write_text(table(figures))
+        fastest = min((n for n in LABELS if n in figures), key=lambda n: figures[n]["p50_ms"])
+        return (f"fastest at batch 1: {LABELS[fastest]} {figures[fastest]['p50_ms']} ms p50, "
+                f"{figures[fastest]['speedup_vs_predict']}x model.predict; "
+                f"table in reports/benchmark.md")
 
     stage_main("benchmark", work)
 

@@ -2,7 +2,8 @@
 
 The ONNX model takes RGB uint8 pixels [N, S, S, 3] and returns family probabilities; its
 preprocessing is inside the graph. If its probabilities differ from the Keras model's by more
-than `export.parity_tolerance` on the test split, the stage fails and no file is kept.
+than `export.parity_tolerance`, or their top-1 families agree on fewer than
+`export.min_top1_agreement` of the test split, the stage fails and no file is kept.
 """
 
 from __future__ import annotations
@@ -124,11 +125,12 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
     images, _ = load_split(export_dir, "test")
     report = {"model": choice["model"], "reason": choice["reason"]}
     report |= parity(keras_model, out_path, np.asarray(images))
-    report |= {"tolerance": params.parity_tolerance, "opset": params.opset,
+    report |= {"tolerance": params.parity_tolerance,
+               "min_top1_agreement": params.min_top1_agreement, "opset": params.opset,
                "convert_seconds": round(seconds, 1),
                "onnx_mb": round(out_path.stat().st_size / 2**20, 1)}
     try:
-        check_parity(report, params.parity_tolerance)
+        check_parity(report, params.parity_tolerance, params.min_top1_agreement)
     except ParityError:
         out_path.unlink(missing_ok=True)
         raise

@@ -150,15 +150,25 @@ def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, batch_size: 
     }
 
 
-def check_parity(report: dict, tolerance: float) -> None:
-    """Raise `ParityError` if `report["max_abs_diff"]` (from `parity`) exceeds `tolerance`."""
-    diff = report["max_abs_diff"]
+def check_parity(report: dict, tolerance: float, min_agreement: float = 0.999) -> None:
+    """Raise `ParityError` unless the ONNX outputs match (report from `parity`).
+
+    Args:
+        report: `parity`'s figures.
+        tolerance: the largest probability difference allowed.
+        min_agreement: the smallest share of images whose top-1 family must agree.
+    """
+    diff, agreement = report["max_abs_diff"], report["top1_agreement"]
+    problems = []
     if diff > tolerance:
-        raise ParityError(
-            f"ONNX parity failed: max |keras - onnx| probability difference {diff:.3g} exceeds "
-            f"tolerance {tolerance:.3g} by {diff - tolerance:.3g} over {report['images']} "
-            f"images (top-1 agreement {report['top1_agreement']:.1%})"
-        )
+        problems.append(f"max |keras - onnx| probability difference {diff:.3g} exceeds "
+                        f"tolerance {tolerance:.3g} by {diff - tolerance:.3g}")
+    if agreement < min_agreement:
+        problems.append(f"top-1 agreement {agreement:.2%} is below {min_agreement:.2%} by "
+                        f"{(min_agreement - agreement) * 100:.2f} points")
+    if problems:
+        raise ParityError(f"ONNX parity failed over {report['images']} images: "
+                          + "; ".join(problems))
 
 
 @contextmanager

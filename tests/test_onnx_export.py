@@ -95,11 +95,14 @@ def test_parity_with_keras(classifier: keras.Model, onnx_file: Path) -> None:
 
 def test_check_parity_reports_by_how_much_it_failed() -> None:
     report = {"images": 10, "max_abs_diff": 0.0123, "top1_agreement": 0.9}
-    check_parity(report, tolerance=0.05)
+    check_parity(report, tolerance=0.05, min_agreement=0.9)
     with pytest.raises(ParityError) as caught:
-        check_parity(report, tolerance=1e-4)
+        check_parity(report, tolerance=1e-4, min_agreement=0.9)
     message = str(caught.value)
     assert "0.0123" in message and "0.0001" in message and "\n" not in message
+    assert "agreement" not in message
+    with pytest.raises(ParityError, match=r"top-1 agreement 90.00% is below 99.90% by 9.90"):
+        check_parity(report, tolerance=0.05)  # the default: 99.9% of images agree
 
 
 def test_erfc_fix_registration_is_idempotent() -> None:

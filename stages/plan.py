@@ -11,13 +11,18 @@ from pathlib import Path
 
 import yaml
 
-from stages.params import Params
+from stages.params import ModelParams, Params
 
 DVC_YAML = Path("dvc.yaml")
 
 
 class PlanError(ValueError):
     """`dvc.yaml` does not declare the inputs `params.yaml` implies."""
+
+
+def entry_of(model: ModelParams) -> dict:
+    """What one model trains on: `{"inputs": "features" | "arrays", "backbone": name}`."""
+    return {"inputs": "arrays" if model.end_to_end else "features", "backbone": model.backbone}
 
 
 def plan(params: Params) -> dict:
@@ -30,9 +35,7 @@ def plan(params: Params) -> dict:
         `{"trained": {model: {"inputs": "features" | "arrays", "backbone": name}},
         "cached": [backbones whose features some model trains on]}`.
     """
-    trained = {name: {"inputs": "arrays" if model.end_to_end else "features",
-                      "backbone": model.backbone}
-               for name, model in params.models.items()}
+    trained = {name: entry_of(model) for name, model in params.models.items()}
     cached = sorted({entry["backbone"] for entry in trained.values()
                      if entry["inputs"] == "features"})
     return {"trained": trained, "cached": cached}
@@ -56,8 +59,8 @@ def check_model(params: Params, model: str, dvc_yaml: Path = DVC_YAML) -> dict:
     Raises:
         PlanError: naming the line to write in dvc.yaml.
     """
-    expected, vars_ = plan(params), declared(dvc_yaml)
-    entry = expected["trained"][model]
+    # Only this model's settings: train@<model> declares no other model's keys.
+    entry, vars_ = entry_of(params.model(model)), declared(dvc_yaml)
     if vars_.get("trained", {}).get(model) != entry:
         raise PlanError(
             f"{dvc_yaml} does not match params.yaml for model '{model}': under vars.trained "

@@ -28,10 +28,11 @@ def test_stage_order_is_read_from_dvc_yaml():
                           "features@convnext_base"), ("features@convnext_base",
                           "train@convnext_full"), ("evaluate@convnext_full", "select"),
                           ("train@densenet121", "select"), ("select", "export"),
-                          ("export", "benchmark"), ("train@custom_cnn", "evaluate@custom_cnn"),
+                          ("export", "quantize"), ("quantize", "benchmark"),
+                          ("benchmark", "model_card"), ("train@custom_cnn", "evaluate@custom_cnn"),
                           ("evaluate@convnext_mini", "leaderboard")]:
         assert order.index(before) < order.index(after)
-    assert len(order) == len(set(order)) == 22
+    assert len(order) == len(set(order)) == 24
 
 
 def edit_params(project, change):

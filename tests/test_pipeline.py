@@ -19,7 +19,8 @@ def test_first_repro_runs_every_stage(reproduced):
     assert ran_stages(output) == {
         "ingest", "validate", "split", *(f"preprocess@{b}" for b in BACKBONES),
         "features@convnext_base", *(f"train@{m}" for m in MODELS),
-        *(f"evaluate@{m}" for m in MODELS), "leaderboard", "select", "export", "benchmark"}
+        *(f"evaluate@{m}" for m in MODELS), "leaderboard", "select", "export", "quantize",
+        "benchmark", "model_card"}
 
 
 def test_metrics_plots_and_reports_are_written(reproduced):
@@ -62,10 +63,33 @@ def test_onnx_export_passes_parity_and_carries_provenance(reproduced):
     assert metadata["git_revision"].startswith(head)
     macro_f1 = json.loads((project / "metrics/models/convnext_full.json").read_text())["macro_f1"]
     assert metadata["test_macro_f1"] == f"{macro_f1:.4f}"
+
+
+def test_int8_variant_benchmark_and_model_card(reproduced):
+    from stages.onnx_export import read_metadata
+
+    project, _ = reproduced
+    quantized = json.loads((project / "metrics/quantize.json").read_text())
+    int8 = project / "export/int8/model.onnx"
+    assert int8.is_file() == quantized["shipped"]
+    assert int8.is_file() or (project / "export/int8/NOT_SHIPPED.txt").is_file()
+    if int8.is_file():
+        assert read_metadata(int8)["labels"] == read_metadata(project / "export/model.onnx")[
+            "labels"]
     bench = json.loads((project / "metrics/benchmark.json").read_text())
-    for runtime in ("keras_tf_function", "onnxruntime_fp32"):
+    runtimes = ["keras_predict", "keras_tf_function", "onnxruntime_fp32"]
+    assert ("onnxruntime_int8" in bench) == int8.is_file()
+    for runtime in runtimes + ["onnxruntime_int8"] * int8.is_file():
         assert 0 < bench[runtime]["p50_ms"] <= bench[runtime]["p95_ms"]
-        assert bench[runtime]["throughput_ips"] > 0
+        assert bench[runtime]["throughput_ips"] > 0 and bench[runtime]["peak_fraction"] > 0
+    assert bench["model_gflops"] > 0 and bench["cpu_peak_gflops"] > 0
+    assert "fp32_no_slower_than_best_tf" in bench["goals"]
+    table = (project / "reports/benchmark.md").read_text()
+    assert "| onnxruntime fp32 |" in table and "| Keras `model.predict` |" in table
+    card = (project / "reports/model_card.md").read_text()
+    macro_f1 = json.loads((project / "metrics/models/convnext_full.json").read_text())["macro_f1"]
+    assert "# Model card: convnext_full" in card and f"| {macro_f1:.4f} |" in card
+    assert "| onnxruntime fp32 |" in card and "Worst families:" in card
 
 
 def test_second_repro_runs_nothing(reproduced):
@@ -97,7 +121,8 @@ def test_head_parameter_reruns_only_that_model_and_export(reproduced):
 
     # Not features@convnext_base: a head never reruns its backbone.
     assert _repro_with(project, change) == {"train@convnext_full", "evaluate@convnext_full",
-                                            "leaderboard", "select", "export", "benchmark"}
+                                            "leaderboard", "select", "export", "quantize",
+                                            "benchmark", "model_card"}
 
 
 def test_other_model_parameter_leaves_export_alone(reproduced):

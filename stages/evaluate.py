@@ -101,7 +101,7 @@ def main() -> None:
                            Path(f"artifacts/{trained['inputs']}/{trained['backbone']}"),
                            read_json("artifacts/split/labels.json"),
                            Path(f"metrics/models/{model}.json"),
-                           Path(f"reports/{model}/per_family.csv"),
+                           Path(f"reports/families/{model}.csv"),
                            Path(f"plots/{model}/confusion.csv"))
         return (f"test macro F1 {metrics['macro_f1']:.4f}, accuracy {metrics['accuracy']:.4f}, "
                 f"top-5 {metrics['top5_accuracy']:.4f} on {metrics['test_images']} images")

@@ -54,7 +54,8 @@ def _metrics_section(choice: dict, families: list[dict]) -> list[str]:
              "| family | precision | recall | F1 | test images |",
              "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['family']} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} "
-              f"| {r['support']} |" for r in families]
+              f"| {r['support']} |" if r["support"] else f"| {r['family']} | - | - | - | 0 |"
+              for r in families]
     return lines
 
 
@@ -114,7 +115,8 @@ def model_card(choice: dict, metadata: dict, families: list[dict], split: dict, 
              f"{b['input_size']}, {b['input_size']}, 3]`, output family probabilities.", "",
              "## Model", "",
              f"- {b['architecture']} backbone ({b['input_size']} px, weights "
-             f"`{b['weights']}`), `{s['head']['type']}` head; preprocessing inside the graph.",
+             f"`{b['weights'] or 'null'}`), `{s['head']['type']}` head; preprocessing inside "
+             "the graph.",
              f"- Chosen because: {choice['reason']}.",
              f"- fp32 file: `{onnx_path}` ({export['onnx_mb']} MB, opset {export['opset']}); "
              f"matches Keras within {export['max_abs_diff']:.1e} on {export['images']} test "

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from sklearn.metrics import f1_score
 
 from stages.io import atomic_path, write_json
 from stages.params import QuantizeParams
@@ -104,10 +103,11 @@ def compare(fp32: Path, int8: Path, images: np.ndarray, labels: np.ndarray,
     Returns:
         The figures, `shipped` and the `reason`.
     """
+    from stages.evaluate import score
+
     p32, p8 = predict(fp32, images), predict(int8, images)
-    classes = np.arange(p32.shape[1])
-    f1 = {name: float(f1_score(labels, p.argmax(1), labels=classes, average="macro",
-                               zero_division=0)) for name, p in (("fp32", p32), ("int8", p8))}
+    names = [str(i) for i in range(p32.shape[1])]  # macro F1 exactly as `evaluate` computes it
+    f1 = {name: score(labels, p, names)[0]["macro_f1"] for name, p in (("fp32", p32), ("int8", p8))}
     drop = f1["fp32"] - f1["int8"]
     shipped = drop <= max_f1_drop
     verb = "within" if shipped else "more than"

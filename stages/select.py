@@ -12,10 +12,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
+from stages.data import load_split
 from stages.features import BACKBONE_WEIGHTS
 from stages.io import atomic_path, read_json, write_json
 from stages.params import Params
 from stages.plan import plan
+
+CALIBRATION_IMAGES = 64
 
 
 def choose(params: Params, train_reports: Path) -> tuple[str, str]:
@@ -40,7 +45,10 @@ def choose(params: Params, train_reports: Path) -> tuple[str, str]:
 
 
 def select(params: Params, root: Path, out_dir: Path) -> dict:
-    """Copy the chosen model, its backbone weights, test split and labels into `out_dir`.
+    """Copy what export, quantize and the model card need into `out_dir`.
+
+    That is the chosen model, its backbone weights (features models), the test split, a
+    spread of training images for INT8 calibration, its per-family table and the labels.
 
     Args:
         params: the settings.
@@ -67,7 +75,13 @@ def select(params: Params, root: Path, out_dir: Path) -> dict:
                             tmp / BACKBONE_WEIGHTS)
         for name in ("test_x.npy", "test_y.npy"):
             shutil.copyfile(inputs / name, tmp / name)
+        # Calibration images for static INT8 quantization: a fixed spread of the train split.
+        x, y = load_split(inputs, "train")
+        spread = np.unique(np.linspace(0, len(x) - 1, CALIBRATION_IMAGES).astype(int))
+        np.save(tmp / "calibration_x.npy", np.asarray(x[spread]))
+        np.save(tmp / "calibration_y.npy", y[spread])
         shutil.copyfile(root / "artifacts/split/labels.json", tmp / "labels.json")
+        shutil.copyfile(root / f"reports/families/{model}.csv", tmp / "per_family.csv")
         write_json(tmp / "choice.json", choice)
     return choice
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-# DVC prints this when another process holds the repository lock: worth a retry. Anything
-# else (bad data, bad params, a bug) fails the same way again, so it is not retried.
-TRANSIENT_MARKERS = ("Unable to acquire lock",)
+from flows.dvc_cli import dvc, last_lines
+
+# DVC prints these when another process holds the repository or an output lock: worth a
+# retry. Anything else (bad data, bad params, a bug) fails the same way again: no retry.
+TRANSIENT_MARKERS = ("Unable to acquire lock", "is busy, it is being blocked by")
 
 
 class StageFailed(RuntimeError):
@@ -56,30 +57,23 @@ def _address(stage, root: Path) -> str:
     return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
 
 
-def _dvc() -> str:
-    return str(Path(sys.executable).with_name("dvc"))
-
-
-def _transient(task, task_run, state) -> bool:
+def transient_failure(task, task_run, state) -> bool:
+    """Retry condition: only failures DVC reports as transient (a held lock)."""
     error = state.result(raise_on_failure=False)
     return isinstance(error, StageFailed) and error.transient
 
 
-@task(retries=2, retry_delay_seconds=10, retry_condition_fn=_transient,
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_failure,
       task_run_name="{stage}")
 def run_stage(stage: str, root: str) -> dict:
     """Let DVC run one stage if its inputs changed; report whether it ran and how long."""
     logger = get_run_logger()
     start = time.perf_counter()
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([_dvc(), "repro", "--single-item", stage], cwd=root, env=env,
-                          capture_output=True, text=True)
+    proc = dvc("repro", "--single-item", stage, cwd=root)
     seconds = round(time.perf_counter() - start, 1)
     output = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0:
-        lines = [ln for ln in output.splitlines() if ln.strip()]
-        detail = " | ".join(lines[-3:]) or f"exit code {proc.returncode}"
-        raise StageFailed(stage, detail, any(m in output for m in TRANSIENT_MARKERS))
+        raise StageFailed(stage, last_lines(proc), any(m in output for m in TRANSIENT_MARKERS))
     if f"Running stage '{stage}'" in output:
         status = "ran"
     elif "is cached - skipping run" in output:

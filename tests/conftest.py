@@ -187,6 +187,22 @@ def reproduced(tiny_project: Path) -> tuple[Path, str]:
     return tiny_project, run("dvc", "repro", cwd=tiny_project).stdout
 
 
+def project_copy(source: Path, target: Path, commit: bool = False) -> Path:
+    """A copy of a reproduced project (git history, DVC cache, outputs) for a test to change.
+
+    Args:
+        source: the project, e.g. the `reproduced` fixture's.
+        target: where the copy goes (must not exist).
+        commit: commit its results (dvc.lock, metrics), as experiments need a baseline.
+    """
+    shutil.copytree(source, target, symlinks=True)
+    if commit:
+        run("git", "add", "-A", cwd=target)
+        run("git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm",
+            "baseline results", cwd=target)
+    return target
+
+
 def ran_stages(output: str) -> set[str]:
     """Stages a `dvc repro` output says it ran."""
     return set(re.findall(r"Running stage '([^']+)'", output))

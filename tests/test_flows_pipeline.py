@@ -8,7 +8,7 @@ import yaml
 
 from flows.pipeline import StageFailed, pipeline, pipeline_stages, run_stage
 
-from conftest import ROOT, run
+from conftest import ROOT, project_copy, run
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +97,43 @@ def test_lock_contention_is_retried_data_errors_are_not(monkeypatch, harness, tm
     with pytest.raises(StageFailed, match="bad value"):
         quick("x", str(tmp_path))
     assert len(calls) == 1
+
+
+def test_killed_stage_leaves_no_partial_output_and_the_next_run_completes_it(reproduced,
+                                                                           harness, tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    project = project_copy(reproduced[0], tmp_path / "project")
+    edit_params(project, lambda p: p["models"]["custom_cnn"]["training"].update(
+        epochs=400, patience=400))  # long enough to be killed mid-training
+    log = (tmp_path / "flow.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline", str(project)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    state = project / "checkpoints/custom_cnn/state.json"
+    deadline = time.monotonic() + 600
+    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state.is_file(), (tmp_path / "flow.log").read_text()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole flow, DVC and the stage, mid-epoch
+    proc.wait()
+    while time.monotonic() < deadline:  # until the grandchildren are gone too
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+
+    # Nothing half-written: DVC removed the old model before the stage ran, and the stage
+    # writes its model atomically, so there is none; DVC reports the stage as changed.
+    model_dir = project / "models/custom_cnn"
+    assert not (model_dir / "model.keras").exists()
+    assert "train@custom_cnn" in json.loads(run("dvc", "status", "--json", cwd=project).stdout)
+
+    result = pipeline(str(project))  # resumes from the epoch checkpoint and finishes
+    ran = {r["stage"] for r in result["stages"] if r["ran"]}
+    assert {"train@custom_cnn", "evaluate@custom_cnn"} <= ran
+    assert (model_dir / "model.keras").is_file() and not state.exists()
+    assert json.loads(run("dvc", "status", "--json", cwd=project).stdout) == {}

@@ -1,14 +1,13 @@
 """The whole pipeline on the tiny profile: outputs, parity, reruns exactly what changed."""
 
 import json
-import shutil
 import time
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import ran_stages, run
+from conftest import project_copy, ran_stages, run
 
 pytestmark = pytest.mark.slow
 MODELS = ("custom_cnn", "inception_resnet_v2", "densenet121", "convnext_mini", "convnext_full")
@@ -165,11 +164,7 @@ def test_export_best_picks_the_highest_validation_f1(reproduced, tmp_path):
 
 def test_experiment_reports_the_changed_metric(reproduced, tmp_path):
     """`dvc exp run -S` on a head parameter; `dvc metrics diff` and `dvc exp show` report it."""
-    project = tmp_path / "project"
-    shutil.copytree(reproduced[0], project, symlinks=True)
-    run("git", "add", "-A", cwd=project)
-    run("git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm",
-        "baseline results", cwd=project)
+    project = project_copy(reproduced[0], tmp_path / "project", commit=True)
     start = time.perf_counter()
     output = run("dvc", "exp", "run", "-n", "short-head",
                  "-S", "models.convnext_full.training.epochs=1", cwd=project).stdout

@@ -198,6 +198,15 @@ class BenchmarkParams(_Strict):
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = one per core")
 
 
+class PromoteParams(_Strict):
+    """What the `retrain` flow asks of a candidate before downstream tools get it."""
+
+    min_gain: float = Field(0.01, ge=0, le=1, description="test macro F1 gain over the "
+                            "promoted model (0.01 = one point)")
+    max_p50_ms: float = Field(250.0, gt=0, description="onnxruntime fp32 batch-1 p50 limit, "
+                              "as measured by the benchmark stage")
+
+
 class Params(_Strict):
     data: DataParams = DataParams()
     ingest: IngestParams = IngestParams()
@@ -208,6 +217,7 @@ class Params(_Strict):
     export: ExportParams = ExportParams()
     quantize: QuantizeParams = QuantizeParams()
     benchmark: BenchmarkParams = BenchmarkParams()
+    promote: PromoteParams = PromoteParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -284,7 +294,12 @@ def parse_params(raw: dict) -> Params:
 
 @lru_cache(maxsize=4)
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate `params.yaml` (cached: settings are loaded once per process)."""
+    """Read and validate `params.yaml` (cached: settings are loaded once per stage process)."""
+    return read_params(path)
+
+
+def read_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate `params.yaml` afresh: for long-lived processes such as served flows."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path} not found: run from the project root")

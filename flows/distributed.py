@@ -1,0 +1,125 @@
+"""Prefect flow `remote_stages`: run stages in this worker's checkout, share through a DVC remote.
+
+Several machines (or processes), each with its own git checkout of the project and the same
+DVC remote, split the work. A worker avoids recomputing a stage in two ways:
+- its `dvc.lock` (from git) already describes the stage's outputs and another worker pushed
+  them: `dvc repro --pull` pulls them ("pulled from the remote");
+- another worker ran it with the same code, params and inputs but nothing was committed
+  yet: the worker fetches DVC's run cache first and DVC restores the outputs ("restored from
+  the remote"). This works only for stages whose outputs are all DVC-cached: a stage that
+  also writes git-tracked files (metrics and reports, `cache: false`) runs again, since those
+  files are not in the DVC cache.
+After each stage the worker pushes its outputs and run-cache entry for the next worker.
+
+    RARESPECIES_CHECKOUT=/work/checkout-a prefect worker start --pool rarespecies
+    python -m flows.distributed --checkout /work/checkout-b ingest validate split
+
+A local folder is enough as remote for a test (`dvc remote add -d shared /srv/dvc-remote`);
+for several machines use S3 or SSH (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from prefect import flow, get_run_logger, task
+
+from flows.cli import one_line_errors
+from flows.dvc_cli import DvcError, dvc, last_lines
+from flows.pipeline import TRANSIENT_MARKERS, StageFailed, transient_failure
+
+CHECKOUT_ENV = "RARESPECIES_CHECKOUT"
+
+
+class WorkerSetupError(RuntimeError):
+    """The worker's checkout cannot share results: not a project, or no DVC remote."""
+
+
+def worker_checkout(checkout: str | None) -> Path:
+    """The worker's checkout: the argument, else $RARESPECIES_CHECKOUT, else the current folder.
+
+    Raises:
+        WorkerSetupError: it is not a checkout of the project, or has no DVC remote.
+    """
+    path = Path(checkout or os.environ.get(CHECKOUT_ENV) or ".").resolve()
+    if not (path / "dvc.yaml").is_file():
+        raise WorkerSetupError(f"{path} is not a checkout of the project (no dvc.yaml): set "
+                               f"{CHECKOUT_ENV} or pass --checkout")
+    if not dvc("remote", "list", cwd=path).stdout.strip():
+        raise WorkerSetupError(f"{path} has no DVC remote: add one shared by all workers with "
+                               "`dvc remote add -d shared <url>`")
+    return path
+
+
+def _outcome(output: str, stage: str, had_work: bool) -> str:
+    """What `dvc repro --pull` did; `had_work`: `dvc status` listed the stage beforehand."""
+    if "is cached - skipping run" in output:
+        return "restored from the remote"  # through the run cache: outputs of another run
+    if f"Running stage '{stage}'" in output:
+        return "ran"
+    # dvc.lock (from git) already described these outputs; they were missing and got pulled
+    return "pulled from the remote" if had_work else "up to date"
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_failure,
+      task_run_name="{stage}")
+def remote_stage(stage: str, checkout: str) -> dict:
+    """Fetch the run cache, let DVC run or restore the stage, push what it produced."""
+    logger = get_run_logger()
+    start = time.perf_counter()
+    steps = (("fetch", ["fetch", "--run-cache", "--quiet"]),
+             ("repro", ["repro", "--pull", "--single-item", stage]),
+             ("push", ["push", "--run-cache", stage]))
+    had_work = bool(json.loads(dvc("status", "--json", stage, cwd=checkout).stdout or "{}"))
+    outputs = {}
+    for name, args in steps:
+        proc = dvc(*args, cwd=checkout)
+        output = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            raise StageFailed(stage, f"dvc {name}: {last_lines(proc)}",
+                              any(m in output for m in TRANSIENT_MARKERS))
+        outputs[name] = output
+    outcome = _outcome(outputs["repro"], stage, had_work)
+    seconds = round(time.perf_counter() - start, 1)
+    logger.info("%s in %s: %s (%.1f s, pushed to the remote)", stage, checkout, outcome, seconds)
+    return {"stage": stage, "outcome": outcome, "seconds": seconds}
+
+
+@flow(name="remote-stages", log_prints=True)
+def remote_stages(stages: list[str] | None = None, checkout: str | None = None) -> list[dict]:
+    """Run `stages` (default: the whole pipeline, in order) in this worker's checkout.
+
+    Args:
+        stages: stage names such as `train@custom_cnn`; their upstream stages must have run
+            somewhere (here, or on a worker that pushed them).
+        checkout: the project checkout; default $RARESPECIES_CHECKOUT or the current folder.
+
+    Returns:
+        One {"stage", "outcome", "seconds"} per stage; outcome is `ran`, `restored from
+        the remote` (run cache), `pulled from the remote` (dvc.lock) or `up to date`.
+    """
+    from flows.pipeline import pipeline_stages
+
+    root = worker_checkout(checkout)
+    return [remote_stage(stage, str(root)) for stage in stages or pipeline_stages(root)]
+
+
+def main(
+    stages: Annotated[list[str] | None, typer.Argument(help="Stages (default: all).")] = None,
+    checkout: Annotated[str | None, typer.Option(help="Project checkout.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Run stages in one checkout, sharing results with other workers via the DVC remote."""
+    with one_line_errors("remote-stages", debug, StageFailed, DvcError, WorkerSetupError):
+        worker_checkout(checkout)  # fail in one line before Prefect starts
+        for result in remote_stages(stages, checkout):
+            typer.echo(f"{result['stage']}: {result['outcome']} ({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -54,7 +54,8 @@ def acquire(command: str, root: str) -> None:
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
         raise RuntimeError(f"acquire {command} failed: {lines[-1]}")
-    get_run_logger().info("acquired: %s", proc.stdout.strip().splitlines()[-1:])
+    summary = proc.stdout.strip().splitlines() or ["no output"]
+    get_run_logger().info("acquire %s: %s", command, summary[-1])
 
 
 @task(retries=2, retry_delay_seconds=30)

@@ -30,7 +30,7 @@ import typer
 from prefect import flow, get_run_logger, task
 
 from flows.cli import one_line_errors
-from flows.dvc_cli import DvcError, dvc, last_lines
+from flows.dvc_cli import DvcError, NotAProject, dvc, last_lines, project_root
 from flows.pipeline import TRANSIENT_MARKERS, StageFailed, transient_failure
 
 CHECKOUT_ENV = "RARESPECIES_CHECKOUT"
@@ -46,10 +46,11 @@ def worker_checkout(checkout: str | None) -> Path:
     Raises:
         WorkerSetupError: it is not a checkout of the project, or has no DVC remote.
     """
-    path = Path(checkout or os.environ.get(CHECKOUT_ENV) or ".").resolve()
-    if not (path / "dvc.yaml").is_file():
-        raise WorkerSetupError(f"{path} is not a checkout of the project (no dvc.yaml): set "
-                               f"{CHECKOUT_ENV} or pass --checkout")
+    try:
+        path = project_root(checkout or os.environ.get(CHECKOUT_ENV) or ".",
+                            f"set {CHECKOUT_ENV} or pass --checkout")
+    except NotAProject as error:
+        raise WorkerSetupError(str(error)) from None
     if not dvc("remote", "list", cwd=path).stdout.strip():
         raise WorkerSetupError(f"{path} has no DVC remote: add one shared by all workers with "
                                "`dvc remote add -d shared <url>`")

@@ -12,6 +12,18 @@ class DvcError(RuntimeError):
     """A DVC command exited with an error."""
 
 
+class NotAProject(ValueError):
+    """The folder is not a checkout of the project."""
+
+
+def project_root(folder: str | Path, hint: str = "pass the project folder") -> Path:
+    """`folder`, resolved, if it holds the project's dvc.yaml; else NotAProject with `hint`."""
+    path = Path(folder).resolve()
+    if not (path / "dvc.yaml").is_file():
+        raise NotAProject(f"{path} is not a checkout of the project (no dvc.yaml): {hint}")
+    return path
+
+
 def dvc(*args: str, cwd: str | Path, check: bool = False) -> subprocess.CompletedProcess:
     """Run `dvc ARGS` in `cwd` with this interpreter's bin folder first on PATH.
 

@@ -4,20 +4,22 @@ DVC decides what runs: each task calls `dvc repro --single-item <stage>`, which 
 whose dependencies did not change. Prefect records what ran, retries transient failures (the
 repository lock held by another DVC process) and names the stage that failed.
 
-    python -m flows.pipeline [--debug]
+    python -m flows.pipeline [ROOT] [--debug]
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from prefect import flow, get_run_logger, task
 
-from flows.dvc_cli import dvc, last_lines
+from flows.cli import one_line_errors
+from flows.dvc_cli import NotAProject, dvc, last_lines, project_root
 
 # DVC prints these when another process holds the repository or an output lock: worth a
 # retry. Anything else (bad data, bad params, a bug) fails the same way again: no retry.
@@ -117,17 +119,15 @@ def pipeline(root: str = ".") -> dict:
     return {"stages": results, "metrics": metrics}
 
 
-def main() -> None:
-    """Command line: `python -m flows.pipeline [--debug] [ROOT]`."""
-    args = [a for a in sys.argv[1:] if a != "--debug"]
-    try:
-        pipeline(args[0] if args else ".")
-    except StageFailed as error:
-        if "--debug" in sys.argv:
-            raise
-        print(f"pipeline: error: {error}", file=sys.stderr)
-        sys.exit(1)
+def main(
+    root: Annotated[str, typer.Argument(help="DVC project folder.")] = ".",
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Run every DVC stage in order; DVC skips the unchanged ones."""
+    with one_line_errors("pipeline", debug, StageFailed, NotAProject):
+        project_root(root)  # fail in one line before Prefect starts a server
+        pipeline(root)
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -24,7 +24,7 @@ import typer
 from prefect import flow, get_run_logger, task
 
 from flows.cli import one_line_errors
-from flows.dvc_cli import DvcError, dvc
+from flows.dvc_cli import DvcError, NotAProject, dvc, project_root
 from flows.pipeline import StageFailed, pipeline
 from flows.promotion import (
     REGISTRY,
@@ -146,7 +146,8 @@ def run_once(
     if ctx.invoked_subcommand:
         return
     with one_line_errors("retrain", debug, StageFailed, PromotionError, ParamsError, DvcError,
-                         RuntimeError):
+                         NotAProject, RuntimeError):
+        project_root(root)  # fail in one line before Prefect starts a server
         result = retrain(root, acquire_command, commit)
     typer.echo(("promoted: " if result["promoted"] else "not promoted: ") + result["reason"])
 

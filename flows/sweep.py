@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from prefect import flow, get_run_logger, task
 
 from flows.cli import one_line_errors
-from flows.dvc_cli import DvcError, dvc
+from flows.dvc_cli import DvcError, dvc, project_root
 
 SWEEP_REPORT = Path("reports/sweep.md")
 
@@ -52,12 +53,23 @@ def combinations(grid: dict[str, list[str]]) -> list[dict[str, str]]:
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
-def swept_model(grid: dict[str, list[str]]) -> str:
-    """The model the grid tunes (`models.<name>....`); its validation F1 ranks the runs."""
-    models = {key.split(".")[1] for key in grid if key.startswith("models.")}
-    if len(models) != 1:
+def swept_model(grid: dict[str, list[str]], params: dict | None = None) -> str:
+    """The model the grid tunes (`models.<name>....`); its validation F1 ranks the runs.
+
+    Args:
+        grid: the swept keys and values.
+        params: the project's params.yaml, to check that every key exists.
+
+    Raises:
+        ValueError: keys of several models, keys outside `models`, or an unknown key.
+    """
+    models = {key.split(".")[1] if key.startswith("models.") else None for key in grid}
+    if len(models) != 1 or None in models:
         raise ValueError("sweep one model at a time: every key must start with "
                          f"models.<the same model>. (got {sorted(grid)})")
+    for key in grid if params is not None else ():
+        if not _has(params, key):
+            raise ValueError(f"{key} is not in params.yaml: sweep existing keys only")
     return models.pop()
 
 
@@ -128,6 +140,13 @@ def leaderboard(shown: list[dict], names: list[str], grid: dict[str, list[str]],
     return sorted(rows, key=lambda r: (r["val_macro_f1"] is None, -(r["val_macro_f1"] or 0)))
 
 
+def _has(params: dict, dotted: str) -> bool:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        params = params.get(part) if isinstance(params, dict) else None
+    return isinstance(params, dict) and leaf in params
+
+
 def _get(params: dict, dotted: str):
     for part in dotted.split("."):
         params = params.get(part, {}) if isinstance(params, dict) else {}
@@ -167,7 +186,7 @@ def sweep(settings: list[str], root: str = ".", jobs: int = 1, apply_best: bool 
     """
     logger = get_run_logger()
     grid = parse_grid(settings)
-    model = swept_model(grid)
+    model = swept_model(grid, yaml.safe_load((Path(root) / "params.yaml").read_text()))
     prefix = prefix or time.strftime("sweep-%Y%m%d-%H%M%S")
     points = combinations(grid)
     names = [queue(point, f"{prefix}-{i}", root) for i, point in enumerate(points, 1)]
@@ -201,6 +220,9 @@ def main(
 ) -> None:
     """Run a parameter sweep as DVC experiments and print the leaderboard."""
     with one_line_errors("sweep", debug, ValueError, DvcError):
+        # Bad input fails here, in one line, before Prefect starts (NotAProject: ValueError).
+        params = yaml.safe_load((project_root(root) / "params.yaml").read_text())
+        swept_model(parse_grid(settings), params)
         sweep(settings, root, jobs, apply_best, prefix)
 
 

@@ -28,11 +28,22 @@ def test_malformed_settings_are_named(settings, message):
         parse_grid(settings)
 
 
-@pytest.mark.parametrize("keys", [["models.custom_cnn.head.dropout", "models.convnext_mini.head."
-                                   "dropout"], ["split.seed"]])
+@pytest.mark.parametrize("keys", [
+    ["models.custom_cnn.head.dropout", "models.convnext_mini.head.dropout"],
+    ["split.seed"],
+    ["models.custom_cnn.head.dropout", "split.seed"],
+])
 def test_a_sweep_tunes_exactly_one_model(keys):
     with pytest.raises(ValueError, match="sweep one model at a time"):
         swept_model({key: ["1"] for key in keys})
+
+
+def test_unknown_keys_are_named():
+    params = {"models": {"custom_cnn": {"head": {"dropout": 0.5}}}}
+    assert swept_model({"models.custom_cnn.head.dropout": ["0.2"]}, params) == "custom_cnn"
+    with pytest.raises(ValueError, match=r"models\.custom_cnn\.head\.dropuot is not in "
+                                         "params.yaml"):
+        swept_model({"models.custom_cnn.head.dropuot": ["0.2"]}, params)
 
 
 @pytest.mark.slow

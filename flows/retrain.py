@@ -60,11 +60,15 @@ def acquire(command: str, root: str) -> None:
 
 @task(retries=2, retry_delay_seconds=30)
 def push_to_remote(root: str) -> str | None:
-    """`dvc push` the exported models when a DVC remote is configured; the remote's name."""
+    """`dvc push` the data and the exported models when a DVC remote is configured.
+
+    Returns:
+        The remote's name, or None without a remote.
+    """
     remotes = dvc("remote", "list", cwd=root).stdout.split()
     if not remotes:
         return None
-    dvc("push", "export", "quantize", cwd=root, check=True)
+    dvc("push", "data.dvc", "export", "quantize", cwd=root, check=True)
     return remotes[0]
 
 

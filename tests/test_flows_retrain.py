@@ -25,8 +25,16 @@ def harness():
 
 @pytest.fixture(scope="module")
 def project(reproduced, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the reproduced tiny project (git history, DVC cache), for this module alone."""
-    return project_copy(reproduced[0], tmp_path_factory.mktemp("retrain") / "project")
+    """A copy of the reproduced tiny project with a local-folder DVC remote, for this module."""
+    base = tmp_path_factory.mktemp("retrain")
+    project = project_copy(reproduced[0], base / "project")
+    run("dvc", "remote", "add", "--local", "-d", "shared", str(base / "remote"), cwd=project)
+    return project
+
+
+def _in_remote(project: Path, md5_hex: str) -> bool:
+    remote = Path(run("dvc", "remote", "list", cwd=project).stdout.split()[1])
+    return (remote / "files/md5" / md5_hex[:2] / md5_hex[2:]).is_file()
 
 
 def _head(project: Path) -> str:
@@ -43,6 +51,8 @@ def test_first_run_promotes_and_a_second_changes_nothing(project, harness):
     assert (project / "deploy/model.int8.onnx").is_file() == (entry["int8_md5"] is not None)
     data_md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
     assert entry["data_md5"] == data_md5 and entry["git_revision"]
+    # Pushed before the promotion: downstream can fetch the model with `dvc get --rev model-v1`.
+    assert entry["dvc_remote"] == "shared" and _in_remote(project, entry["onnx_md5"])
     # The promotion is a commit (dvc.lock, metrics, registry) tagged model-v1.
     assert run("git", "describe", "--exact-match", "--tags", cwd=project).stdout.strip() == \
         "model-v1"
@@ -94,3 +104,18 @@ def test_deployment_file_and_serve_share_the_schedule(harness):
     with get_client(sync_client=True) as client:
         schedules = client.read_deployment(deployment_id).schedules
     assert [s.schedule.cron for s in schedules] == [DEFAULT_CRON]
+
+
+def test_new_data_retrains_everything_and_is_judged_on_its_own_test_split(project, harness):
+    """After the previous test, promote.min_gain is 1.0: new data cannot earn a promotion."""
+    data_before = (project / "data.dvc").read_text()
+    promoted = md5(project / "deploy/model.onnx")
+
+    result = retrain(str(project), acquire_command="sample --tiny --seed 7")
+    assert (project / "data.dvc").read_text() != data_before  # acquired and versioned
+    assert {"ingest", "split", "train@convnext_full", "export"} <= {
+        s["stage"] for s in result["stages"] if s["ran"]}
+    assert not result["promoted"]
+    assert result["reason"].endswith("below promote.min_gain 100.00")
+    assert result["candidate"]["data_md5"] != read_registry(project)["current"]["data_md5"]
+    assert md5(project / "deploy/model.onnx") == promoted

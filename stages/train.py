@@ -15,7 +15,8 @@ from sklearn.metrics import f1_score
 
 from stages.checkpoint import Checkpoint, ResumableEarlyStopping, SaveEachEpoch, fingerprint
 from stages.data import batches, load_split
-from stages.io import atomic_path, read_json, write_json
+from stages.io import read_json, write_json
+from stages.keras_file import save_keras
 from stages.models import (
     BACKBONE,
     build_backbone_model,
@@ -170,8 +171,7 @@ def train(settings: ModelParams, backbone: BackboneParams, data_dir: Path, class
                    live, saving)
             if min(state["history"]["val_loss"][state["start"]:]) >= state["frozen_best"]:
                 model.set_weights(saving["frozen_weights"])  # fine-tuning did not help
-    with atomic_path(out_file) as tmp:
-        model.save(tmp)
+    save_keras(model, out_file)
     checkpoint.clear()
     return _summary(settings, state)
 

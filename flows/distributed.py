@@ -6,9 +6,9 @@ DVC remote, split the work. A worker avoids recomputing a stage in two ways:
   them: `dvc repro --pull` pulls them ("pulled from the remote");
 - another worker ran it with the same code, params and inputs but nothing was committed
   yet: the worker fetches DVC's run cache first and DVC restores the outputs ("restored from
-  the remote"). This works only for stages whose outputs are all DVC-cached: a stage that
-  also writes git-tracked files (metrics and reports, `cache: false`) runs again, since those
-  files are not in the DVC cache.
+  the remote"). Every stage qualifies: dvc.yaml keeps git-tracked (`cache: false`) outputs to
+  metrics and plots, which the run cache stores, and trained models are saved byte for byte
+  reproducibly (stages/keras_file.py), so a retrained model matches the entry.
 After each stage the worker pushes its outputs and run-cache entry for the next worker.
 
     RARESPECIES_CHECKOUT=/work/checkout-a prefect worker start --pool rarespecies
@@ -20,6 +20,7 @@ for several machines use S3 or SSH (see README).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -30,8 +31,8 @@ import typer
 from prefect import flow, get_run_logger, task
 
 from flows.cli import one_line_errors
-from flows.dvc_cli import DvcError, NotAProject, dvc, last_lines, project_root
-from flows.pipeline import TRANSIENT_MARKERS, StageFailed, transient_failure
+from flows.dvc_cli import DvcError, NotAProject, dvc, project_root
+from flows.pipeline import StageFailed, stage_failure, transient_failure
 
 CHECKOUT_ENV = "RARESPECIES_CHECKOUT"
 
@@ -67,6 +68,33 @@ def _outcome(output: str, stage: str, had_work: bool) -> str:
     return "pulled from the remote" if had_work else "up to date"
 
 
+def push_run_cache_objects(checkout: str) -> int:
+    """Push the files this checkout's run-cache entries refer to, for other workers to restore.
+
+    `dvc push --run-cache` (DVC 3.67) sends the entries and the stage's DVC-cached outputs,
+    but not DVC's copies of its `cache: false` metrics and plots: another worker would find
+    the entry, fail to pull those files and run the stage again.
+
+    Returns:
+        How many files were sent (0 when the remote had them all).
+
+    Raises:
+        DvcError: some could not be sent.
+    """
+    from dvc.repo import Repo
+
+    # DVC builds each entry's stage relative to the current folder, not to the repository
+    with contextlib.chdir(checkout), Repo(checkout) as repo:
+        runs = Path(repo.cache.legacy.path, "runs")
+        entries = [(entry.parent.name, entry.name) for entry in runs.glob("*/*/*")]
+        used = repo.stage_cache.get_used_objs(entries)
+        result = repo.cloud.push({obj for objs in used.values() for obj in objs})
+    if result.failed:
+        raise DvcError(f"could not push {len(result.failed)} run-cache files from {checkout} "
+                       "to the DVC remote: check that it is reachable and writable")
+    return len(result.transferred)
+
+
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_failure,
       task_run_name="{stage}")
 def remote_stage(stage: str, checkout: str) -> dict:
@@ -80,11 +108,10 @@ def remote_stage(stage: str, checkout: str) -> dict:
     outputs = {}
     for name, args in steps:
         proc = dvc(*args, cwd=checkout)
-        output = proc.stdout + proc.stderr
         if proc.returncode != 0:
-            raise StageFailed(stage, f"dvc {name}: {last_lines(proc)}",
-                              any(m in output for m in TRANSIENT_MARKERS))
-        outputs[name] = output
+            raise stage_failure(stage, proc, f"dvc {name}")
+        outputs[name] = proc.stdout + proc.stderr
+    push_run_cache_objects(checkout)
     outcome = _outcome(outputs["repro"], stage, had_work)
     seconds = round(time.perf_counter() - start, 1)
     logger.info("%s in %s: %s (%.1f s, pushed to the remote)", stage, checkout, outcome, seconds)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Annotated
@@ -32,6 +33,13 @@ class StageFailed(RuntimeError):
     def __init__(self, stage: str, detail: str, transient: bool = False) -> None:
         super().__init__(f"stage {stage} failed: {detail}")
         self.stage, self.transient = stage, transient
+
+
+def stage_failure(stage: str, proc: subprocess.CompletedProcess, step: str = "") -> StageFailed:
+    """The error for a failed DVC command on `stage`; transient when DVC's output says so."""
+    output = proc.stdout + proc.stderr
+    return StageFailed(stage, f"{step}: {last_lines(proc)}" if step else last_lines(proc),
+                       any(marker in output for marker in TRANSIENT_MARKERS))
 
 
 def pipeline_stages(root: Path) -> list[str]:
@@ -60,9 +68,8 @@ def _address(stage, root: Path) -> str:
 
 
 def transient_failure(task, task_run, state) -> bool:
-    """Retry condition: only failures DVC reports as transient (a held lock)."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, StageFailed) and error.transient
+    """Retry condition: only errors marked transient (a held DVC lock, a network failure)."""
+    return getattr(state.result(raise_on_failure=False), "transient", False) is True
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_failure,
@@ -75,7 +82,7 @@ def run_stage(stage: str, root: str) -> dict:
     seconds = round(time.perf_counter() - start, 1)
     output = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0:
-        raise StageFailed(stage, last_lines(proc), any(m in output for m in TRANSIENT_MARKERS))
+        raise stage_failure(stage, proc)
     if f"Running stage '{stage}'" in output:
         status = "ran"
     elif "is cached - skipping run" in output:

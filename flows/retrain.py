@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.cli import one_line_errors
 from flows.dvc_cli import DvcError, NotAProject, dvc, project_root
-from flows.pipeline import StageFailed, pipeline
+from flows.pipeline import StageFailed, pipeline, transient_failure
 from flows.promotion import (
     REGISTRY,
     PromotionError,
@@ -35,6 +35,7 @@ from flows.promotion import (
     read_registry,
     rescore_promoted,
 )
+from stages.cli import EX_TEMPFAIL
 from stages.params import ParamsError, read_params
 
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00 UTC; prefect.yaml's deployment uses the same
@@ -46,14 +47,24 @@ def _run(args: list[str], root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=root, capture_output=True, text=True)
 
 
-@task(retries=2, retry_delay_seconds=30)
+class AcquireFailed(RuntimeError):
+    """`rarespecies acquire` failed; `transient` when it says a later try may succeed."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@task(retries=2, retry_delay_seconds=60, retry_condition_fn=transient_failure)
 def acquire(command: str, root: str) -> None:
-    """Run `rarespecies acquire <command>`; retried, since downloads fail transiently."""
+    """Run `rarespecies acquire <command>`; retried only on network failures (exit 75), not
+    on a bad catalogue or a missing image, which fail the same way again."""
     cli = str(Path(sys.executable).with_name("rarespecies"))
     proc = _run([cli, "acquire", *shlex.split(command)], Path(root))
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
-        raise RuntimeError(f"acquire {command} failed: {lines[-1]}")
+        raise AcquireFailed(f"acquire {command} failed: {lines[-1]}",
+                            transient=proc.returncode == EX_TEMPFAIL)
     summary = proc.stdout.strip().splitlines() or ["no output"]
     get_run_logger().info("acquire %s: %s", command, summary[-1])
 

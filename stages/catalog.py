@@ -102,7 +102,7 @@ def load(catalog: Path, taxonomy: Path | None) -> tuple[list[Item], list[dict], 
         seen.add(cid)
         if reason:
             refused.append({"line": line, "eol_content_id": cid, "url": url, "reason": reason,
-                            "attempts": 0})
+                            "attempts": 0, "retryable": False})
             continue
         path = f"{phylum}_{family}/{cid}_{page}_eol-full-size-copy.jpg"
         # Rare Species is animals only, so a catalogue without kingdom still gives metadata.csv.

@@ -25,6 +25,11 @@ Out = Annotated[Path, typer.Option(help="Data folder to fill (params.yaml data.d
 NoVersion = Annotated[bool, typer.Option("--no-version", help="Skip `dvc add`.")]
 
 
+# sysexits.h "try again later": the failure may not recur (network); flows.retrain retries
+# `acquire` on this code only. Exit 1 means retrying the same command fails the same way.
+EX_TEMPFAIL = 75
+
+
 class DataError(RuntimeError):
     """data/ cannot be brought in line with data.dvc."""
 
@@ -38,7 +43,7 @@ def _fail(error: Exception) -> None:
     if _state["debug"]:
         raise error
     typer.secho(f"error: {error}", fg="red", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(EX_TEMPFAIL if getattr(error, "transient", False) else 1)
 
 
 @app.command()
@@ -139,7 +144,8 @@ def acquire_eol(
 ) -> None:
     """Download the catalogue's images from EOL into the course layout, verified by md5.
 
-    Resumable: images already present with the right md5 are skipped. Exit 1 if any failed.
+    Resumable: images already present with the right md5 are skipped. If some failed, exit 75
+    when a rerun may fetch them all (network errors only), else 1.
     """
     from stages.download import CatalogError, download_catalog, summarize
     from stages.io import read_json
@@ -159,10 +165,13 @@ def acquire_eol(
             _version(out)
     except DataError as error:
         _fail(error)
-    if result["counts"]["failed"]:
-        typer.secho(f"{result['counts']['failed']} images failed: see {report}; run the same "
-                    "command again to retry them", fg="yellow", err=True)
-        raise typer.Exit(1)
+    failed = result["counts"]["failed"]
+    if failed:
+        lasting = failed - sum(problem["retryable"] for problem in result["problems"])
+        advice = (f"{lasting} cannot succeed as listed (see the reasons): fix or remove "
+                  "those rows" if lasting else "run the same command again to retry them")
+        typer.secho(f"{failed} images failed: see {report}; {advice}", fg="yellow", err=True)
+        raise typer.Exit(1 if lasting else EX_TEMPFAIL)
 
 
 @app.command("ensure-data")

@@ -4,7 +4,8 @@ The catalogue (stages/catalog.py) lists URLs and md5s. Images land in the course
 (`<phylum>_<family>/<content>_<page>_eol-full-size-copy.jpg` plus `metadata.csv`) only once
 their md5 matches, so the data folder never holds a partial or wrong file, even after Ctrl-C or
 `kill`. Every catalogue row ends in the JSON report: downloaded, already present, failed (with
-reason and attempts) or refused (malformed, no I/O at all).
+reason, attempts and whether a later run may succeed: `retryable`) or refused (malformed, no
+I/O at all).
 """
 
 from __future__ import annotations
@@ -132,18 +133,25 @@ def _attempt(item: Item, part: Path, target: Path, run: _Run) -> None:
     raise _Failed(f"more than {MAX_REDIRECTS} redirects", retry=False)
 
 
-def _fetch(item: Item, data_dir: Path, tmp_dir: Path, run: _Run) -> tuple[str, str, int]:
-    """Download one row with retries. Returns (status, reason, attempts)."""
+def _fetch(item: Item, data_dir: Path, tmp_dir: Path,
+           run: _Run) -> tuple[str, str, int, bool]:
+    """Download one row with retries.
+
+    Returns:
+        (status, reason, attempts, retryable): `retryable` when it failed only on errors a later
+        run may not meet (timeouts, dropped connections, HTTP 5xx/429, a bad body).
+    """
     target = data_dir / item.row["file_path"]
     if target.is_file() and _md5(target) == item.md5:
-        return "already_present", "", 0
+        return "already_present", "", 0, False
     part = tmp_dir / f"{item.row['eol_content_id']}.part"
+    retryable = False
     for attempt in range(1, run.retries + 2):
         if run.stop.is_set():
-            return "stopped", "", attempt - 1
+            return "stopped", "", attempt - 1, False
         try:
             _attempt(item, part, target, run)
-            return "downloaded", "", attempt
+            return "downloaded", "", attempt, False
         except _Failed as error:
             reason, wait = str(error), error.wait
             if not error.retry:
@@ -158,10 +166,11 @@ def _fetch(item: Item, data_dir: Path, tmp_dir: Path, run: _Run) -> tuple[str, s
             run.stop.wait(max(delay, min(wait, MAX_WAIT)))  # wakes at once on Ctrl-C
     else:
         reason = f"{reason} after {attempt} attempt{'s' if attempt > 1 else ''}"
+        retryable = True
     if run.stop.is_set():
-        return "stopped", reason, attempt
+        return "stopped", reason, attempt, False
     target.unlink(missing_ok=True)  # known wrong (bad md5): keep it out of the data folder
-    return "failed", reason, attempt
+    return "failed", reason, attempt, retryable
 
 
 @contextmanager
@@ -198,14 +207,16 @@ def _settle(items: list[Item], futures: list[Future],
         if not future.done() or future.cancelled():
             continue
         error = future.exception()
-        status, reason, attempts = ("failed", f"error: {error!r}", 0) if error else future.result()
+        status, reason, attempts, retryable = (("failed", f"error: {error!r}", 0, False)
+                                               if error else future.result())
         if status == "stopped":
             continue
         counts[status] += 1
         settled.add(item.row["eol_content_id"])
         if status == "failed":
             problems.append({"line": item.line, "eol_content_id": item.row["eol_content_id"],
-                             "url": item.url, "reason": reason, "attempts": attempts})
+                             "url": item.url, "reason": reason, "attempts": attempts,
+                             "retryable": retryable})
         else:
             verified.append(item.row)
     return counts, verified, settled

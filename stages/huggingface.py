@@ -32,7 +32,14 @@ CATALOG = "metadata/rarespecies-catalog.csv"
 
 
 class AcquireError(RuntimeError):
-    """The dataset could not be downloaded; the message names the cause and the fix."""
+    """The dataset could not be downloaded; the message names the cause and the fix.
+
+    `transient`: the cause may be gone on a later try (network, Hub busy or failing).
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class _QuietTqdm(hf_tqdm):
@@ -93,7 +100,7 @@ def download_dataset(data_dir: Path, *, revision: str = REVISION, endpoint: str 
     except AcquireError:
         raise
     except Exception as error:
-        raise AcquireError(_explain(error, hub, revision)) from error
+        raise AcquireError(_explain(error, hub, revision), _transient(error)) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"repo_id": REPO_ID, "revision": revision, "commit": commit, **summary,
@@ -146,6 +153,13 @@ def _explain(error: Exception, hub: str, revision: str) -> str:
                 "`rarespecies acquire sample`")
     return (f"downloading {REPO_ID} at revision {revision} from {hub} failed "
             f"({_first_line(error)}); run the command again")
+
+
+def _transient(error: Exception) -> bool:
+    """Whether a later try may succeed: no connection, or the Hub failing or throttling."""
+    status = error.response.status_code if isinstance(error, hf.HfHubHTTPError) else None
+    return (isinstance(error, (httpx2.TransportError, hf.LocalEntryNotFoundError))
+            or (status or 0) >= 500 or status == 429)
 
 
 def _first_line(error: BaseException) -> str:

@@ -120,8 +120,9 @@ def test_acquire_eol_downloads_versions_and_feeds_ingest(tmp_path, monkeypatch):
             writer.writerows(catalog)
         proc = run("rarespecies", "acquire", "eol", "--catalog", "licenses.csv", "--retries",
                    "1", "--timeout", "5", cwd=tmp_path, check=False)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # a 404: the same command fails the same way
     assert "3 rows: 2 downloaded, 0 already present, 1 failed, 0 refused" in proc.stdout
+    assert "1 cannot succeed as listed" in proc.stderr
     assert "versioned data/ with DVC" in proc.stdout and (tmp_path / "data.dvc").is_file()
     report = json.loads((tmp_path / "reports/acquire_eol.json").read_text())
     assert [p["reason"] for p in report["problems"]] == ["HTTP 404"]
@@ -129,3 +130,30 @@ def test_acquire_eol_downloads_versions_and_feeds_ingest(tmp_path, monkeypatch):
                     tmp_path / "out/ingest.json", max_side=64, max_pixels=10**9,
                     jpeg_quality=90, workers=1, progress=False)
     assert result["ingested"] == 2 and result["quarantined"] == 0
+
+
+def test_acquire_eol_exits_75_when_a_rerun_may_fetch_what_failed(tmp_path, monkeypatch):
+    import csv
+    import hashlib
+
+    from eol_server import EolServer
+
+    from conftest import EOL_SAMPLE
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with (EOL_SAMPLE / "metadata.csv").open(newline="") as handle:
+        row = min(csv.DictReader(handle),
+                  key=lambda r: (EOL_SAMPLE / r["file_path"]).stat().st_size)
+    with EolServer(EOL_SAMPLE) as server:
+        entry = {"eol_content_id": row["eol_content_id"], "eol_page_id": row["eol_page_id"],
+                 "md5": hashlib.md5((EOL_SAMPLE / row["file_path"]).read_bytes()).hexdigest(),
+                 "eol_full_size_copy_url": server.url("fail", row["file_path"]),  # HTTP 500
+                 "phylum": row["phylum"], "family": row["family"]}
+        with (tmp_path / "licenses.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(entry))
+            writer.writeheader()
+            writer.writerow(entry)
+        proc = run("rarespecies", "acquire", "eol", "--catalog", "licenses.csv", "--retries",
+                   "0", "--no-version", cwd=tmp_path, check=False)
+    assert proc.returncode == 75, proc.stderr
+    assert "1 images failed" in proc.stderr and "run the same command again" in proc.stderr

@@ -169,19 +169,20 @@ def test_retry_after_is_honoured(tmp_path: Path) -> None:
     assert time.monotonic() - start >= 1.0
 
 
-@pytest.mark.parametrize(("fault", "reason", "attempts", "hits"), [
-    ("missing", "HTTP 404", 1, 1),
-    ("forbidden", "HTTP 403", 1, 1),
-    ("fail", "HTTP 500 after 3 attempts", 3, 3),
-    ("rate-limited", "HTTP 429 after 3 attempts", 3, 3),
-    ("stall", "timed out after 3 attempts", 3, 3),
-    ("truncate", "truncated body after 3 attempts", 3, 3),
-    ("wrong", "md5 mismatch after 3 attempts", 3, 3),
-    ("redirect-file", "redirect to a non-http(s) URL", 1, 1),
-    ("redirect-loop", "more than 5 redirects", 1, 6),
+@pytest.mark.parametrize(("fault", "reason", "attempts", "hits", "retryable"), [
+    ("missing", "HTTP 404", 1, 1, False),
+    ("forbidden", "HTTP 403", 1, 1, False),
+    ("fail", "HTTP 500 after 3 attempts", 3, 3, True),
+    ("rate-limited", "HTTP 429 after 3 attempts", 3, 3, True),
+    ("stall", "timed out after 3 attempts", 3, 3, True),
+    ("truncate", "truncated body after 3 attempts", 3, 3, True),
+    ("wrong", "md5 mismatch after 3 attempts", 3, 3, True),
+    ("redirect-file", "redirect to a non-http(s) URL", 1, 1, False),
+    ("redirect-loop", "more than 5 redirects", 1, 6, False),
 ])
-def test_permanent_faults_are_reported(tmp_path: Path, server: EolServer, fault: str,
-                                       reason: str, attempts: int, hits: int) -> None:
+def test_faults_are_reported_with_whether_a_rerun_may_help(
+        tmp_path: Path, server: EolServer, fault: str, reason: str, attempts: int, hits: int,
+        retryable: bool) -> None:
     good, bad = SMALL[0], SMALL[1]
     report = acquire(tmp_path, [entry(server, good), entry(server, bad, fault)], timeout=0.3)
 
@@ -190,7 +191,7 @@ def test_permanent_faults_are_reported(tmp_path: Path, server: EolServer, fault:
     [problem] = report["problems"]
     assert problem == {"line": 3, "eol_content_id": bad["eol_content_id"],
                        "url": server.url(fault, bad["file_path"]), "reason": reason,
-                       "attempts": attempts}
+                       "attempts": attempts, "retryable": retryable}
     assert server.hits(fault, bad["file_path"]) == hits
     assert_intact(tmp_path / "data", [good])
 

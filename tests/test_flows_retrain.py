@@ -119,3 +119,32 @@ def test_new_data_retrains_everything_and_is_judged_on_its_own_test_split(projec
     assert result["reason"].endswith("below promote.min_gain 100.00")
     assert result["candidate"]["data_md5"] != read_registry(project)["current"]["data_md5"]
     assert md5(project / "deploy/model.onnx") == promoted
+
+
+@pytest.mark.parametrize(("exit_code", "attempts"), [(75, 3), (1, 1)],
+                         ids=["network-retried", "bad-catalogue-not-retried"])
+def test_acquire_retries_only_what_may_succeed_later(harness, monkeypatch, tmp_path,
+                                                     exit_code, attempts):
+    """`rarespecies acquire` exits 75 when a later try may succeed (tests/test_cli.py)."""
+    import subprocess
+
+    from prefect import flow
+
+    from flows import retrain as module
+
+    calls = []
+
+    def failing(args, root):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, exit_code, "", "error: the reason")
+
+    monkeypatch.setattr(module, "_run", failing)
+
+    @flow
+    def acquire_only():
+        module.acquire.with_options(retry_delay_seconds=0)("eol --catalog new.csv", str(tmp_path))
+
+    with pytest.raises(module.AcquireFailed) as caught:
+        acquire_only()
+    assert str(caught.value) == "acquire eol --catalog new.csv failed: error: the reason"
+    assert len(calls) == attempts and caught.value.transient == (exit_code == 75)

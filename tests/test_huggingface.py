@@ -126,6 +126,7 @@ def test_unreachable_endpoint_fails_fast_naming_fixes(tmp_path: Path) -> None:
     with pytest.raises(AcquireError) as caught:
         download_dataset(tmp_path / "data", endpoint=endpoint, token=TOKEN, progress=False)
     assert time.perf_counter() - start < 5  # no retry loop
+    assert caught.value.transient  # a scheduled run tries again later
     message = str(caught.value)
     assert "\n" not in message
     for part in (endpoint, "HF_ENDPOINT", "rarespecies acquire eol --catalog",
@@ -151,6 +152,7 @@ def test_access_refused_names_dataset_and_login(tmp_path: Path, hub: FakeHub,
         download_dataset(tmp_path / "data", endpoint=hub.url, token=TOKEN, progress=False)
     message = str(caught.value)
     assert DATASET_URL in message and "HF_TOKEN" in message and "hf auth login" in message
+    assert not caught.value.transient  # trying again cannot help
     assert list(tmp_path.iterdir()) == []
 
 

@@ -17,7 +17,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -68,7 +68,7 @@ def swept_model(grid: dict[str, list[str]], params: dict | None = None) -> str:
         raise ValueError("sweep one model at a time: every key must start with "
                          f"models.<the same model>. (got {sorted(grid)})")
     for key in grid if params is not None else ():
-        if not _has(params, key):
+        if _lookup(params, key, _MISSING) is _MISSING:
             raise ValueError(f"{key} is not in params.yaml: sweep existing keys only")
     return models.pop()
 
@@ -134,23 +134,22 @@ def leaderboard(shown: list[dict], names: list[str], grid: dict[str, list[str]],
             metrics = {}
         val = (metrics.get(f"reports/train/{model}.json") or {}).get("data", {})
         test = (metrics.get(f"metrics/models/{model}.json") or {}).get("data", {})
-        rows.append({"name": name, **{key: _get(params, key) for key in grid},
+        rows.append({"name": name, **{key: _lookup(params, key) for key in grid},
                      "val_macro_f1": val.get("val_macro_f1"),
                      "test_macro_f1": test.get("macro_f1"), "state": found["state"]})
     return sorted(rows, key=lambda r: (r["val_macro_f1"] is None, -(r["val_macro_f1"] or 0)))
 
 
-def _has(params: dict, dotted: str) -> bool:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        params = params.get(part) if isinstance(params, dict) else None
-    return isinstance(params, dict) and leaf in params
+_MISSING = object()
 
 
-def _get(params: dict, dotted: str):
+def _lookup(params: dict, dotted: str, default: Any = None) -> Any:
+    """The value at a dotted key such as `models.custom_cnn.training.epochs`, else `default`."""
     for part in dotted.split("."):
-        params = params.get(part, {}) if isinstance(params, dict) else {}
-    return params if params != {} else None
+        if not isinstance(params, dict) or part not in params:
+            return default
+        params = params[part]
+    return params
 
 
 def table(rows: list[dict], grid: dict[str, list[str]], model: str) -> str:
@@ -196,8 +195,9 @@ def sweep(settings: list[str], root: str = ".", jobs: int = 1, apply_best: bool 
     rows = leaderboard(shown, names, grid, model)
     report = Path(root) / SWEEP_REPORT
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(table(rows, grid, model))
-    logger.info("leaderboard in %s:\n%s", SWEEP_REPORT, table(rows, grid, model))
+    text = table(rows, grid, model)
+    report.write_text(text)
+    logger.info("leaderboard in %s:\n%s", SWEEP_REPORT, text)
     for row in rows:
         if row["state"] != "success":
             logger.warning("%s %s: see `dvc queue logs %s`", row["name"], row["state"],

@@ -114,6 +114,8 @@ def decide(new: dict, current: dict | None, params: PromoteParams,
     Returns:
         (promote?, the reason in one sentence).
     """
+    if current is not None and new["onnx_md5"] == current["onnx_md5"]:
+        return False, f"the candidate is the promoted model v{current['version']} (same file)"
     if new["parity_max_abs_diff"] > new["parity_tolerance"] or \
             new["top1_agreement"] < new["min_top1_agreement"]:
         return False, (f"ONNX parity gate failed: max difference {new['parity_max_abs_diff']:.2e}"
@@ -124,8 +126,6 @@ def decide(new: dict, current: dict | None, params: PromoteParams,
                        f" > promote.max_p50_ms {params.max_p50_ms:g} ms")
     if current is None:
         return True, f"first promotion: test macro F1 {new['macro_f1']:.4f}"
-    if new["onnx_md5"] == current["onnx_md5"]:
-        return False, f"the candidate is the promoted model v{current['version']} (same file)"
     baseline = current["macro_f1"] if current_f1 is None else current_f1
     measured = "recorded" if current_f1 is None else "on the same test images"
     gain = new["macro_f1"] - baseline

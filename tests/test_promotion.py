@@ -54,8 +54,11 @@ def test_gain_is_measured_on_the_same_test_images_when_possible():
     assert not promote_it and "0.4950 (on the same test images): +0.50 points" in reason
 
 
-def test_the_promoted_file_itself_is_never_promoted_again():
-    promote_it, reason = decide(_candidate(onnx_md5="old"), _promoted(), PARAMS)
+@pytest.mark.parametrize("latency", [150.0, 900.0], ids=["fast", "slow-this-time"])
+def test_the_promoted_file_itself_is_never_promoted_again(latency):
+    """A rerun without changes says so, even when this run's benchmark missed the gate."""
+    promote_it, reason = decide(_candidate(onnx_md5="old", onnx_p50_ms=latency), _promoted(),
+                                PARAMS)
     assert not promote_it and reason == "the candidate is the promoted model v3 (same file)"
 
 

@@ -71,7 +71,7 @@ def acquire(command: str, root: str) -> None:
 
 @task(retries=2, retry_delay_seconds=30)
 def push_to_remote(root: str) -> str | None:
-    """`dvc push` the data and the exported models when a DVC remote is configured.
+    """`dvc push` the data, the exported models and their model card, with a DVC remote.
 
     Returns:
         The remote's name, or None without a remote.
@@ -79,7 +79,7 @@ def push_to_remote(root: str) -> str | None:
     remotes = dvc("remote", "list", cwd=root).stdout.split()
     if not remotes:
         return None
-    dvc("push", "data.dvc", "export", "quantize", cwd=root, check=True)
+    dvc("push", "data.dvc", "export", "quantize", "model_card", cwd=root, check=True)
     return remotes[0]
 
 

@@ -53,6 +53,7 @@ def test_first_run_promotes_and_a_second_changes_nothing(project, harness):
     assert entry["data_md5"] == data_md5 and entry["git_revision"]
     # Pushed before the promotion: downstream can fetch the model with `dvc get --rev model-v1`.
     assert entry["dvc_remote"] == "shared" and _in_remote(project, entry["onnx_md5"])
+    assert _in_remote(project, md5(project / "reports/model_card.md"))
     # The promotion is a commit (dvc.lock, metrics, registry) tagged model-v1.
     assert run("git", "describe", "--exact-match", "--tags", cwd=project).stdout.strip() == \
         "model-v1"

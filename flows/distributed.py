@@ -20,7 +20,6 @@ for several machines use S3 or SSH (see README).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -28,6 +27,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
+from dvc_data.hashfile.hash_info import HashInfo
+from dvc_data.hashfile.tree import Tree
 from prefect import flow, get_run_logger, task
 
 from flows.cli import one_line_errors
@@ -69,10 +71,10 @@ def _outcome(output: str, stage: str, had_work: bool) -> str:
 
 
 def push_run_cache_objects(checkout: str) -> int:
-    """Push the files this checkout's run-cache entries refer to, for other workers to restore.
+    """Push DVC's copies of the `cache: false` outputs its run-cache entries list.
 
-    `dvc push --run-cache` (DVC 3.67) sends the entries and the stage's DVC-cached outputs,
-    but not DVC's copies of its `cache: false` metrics and plots: another worker would find
+    `dvc push --run-cache` (DVC 3.67) sends the entries and the DVC-cached outputs, but not
+    the copies the run cache keeps of git-tracked metrics and plots: another worker would find
     the entry, fail to pull those files and run the stage again.
 
     Returns:
@@ -83,16 +85,30 @@ def push_run_cache_objects(checkout: str) -> int:
     """
     from dvc.repo import Repo
 
-    # DVC builds each entry's stage relative to the current folder, not to the repository
-    with contextlib.chdir(checkout), Repo(checkout) as repo:
-        runs = Path(repo.cache.legacy.path, "runs")
-        entries = [(entry.parent.name, entry.name) for entry in runs.glob("*/*/*")]
-        used = repo.stage_cache.get_used_objs(entries)
-        result = repo.cloud.push({obj for objs in used.values() for obj in objs})
+    with Repo(checkout) as repo:
+        uncached = {out.def_path for stage in repo.index.stages for out in stage.outs
+                    if not out.use_cache}
+        files = set()
+        for entry in Path(repo.cache.legacy.path, "runs").glob("*/*/*"):  # runs/xx/key/value
+            for out in yaml.safe_load(entry.read_text()).get("outs") or []:
+                if out["path"] in uncached:  # lockfile format; no `hash` key: DVC 2's md5
+                    files |= _local_files(repo, HashInfo(
+                        "md5" if out.get("hash") == "md5" else "md5-dos2unix", out["md5"]))
+        result = repo.cloud.push(files)
     if result.failed:
         raise DvcError(f"could not push {len(result.failed)} run-cache files from {checkout} "
                        "to the DVC remote: check that it is reachable and writable")
     return len(result.transferred)
+
+
+def _local_files(repo, file: HashInfo) -> set[HashInfo]:
+    """A file's hash, or a directory's and those of its files (pushing a directory's hash alone
+    sends only its listing); nothing when this checkout's cache lacks it (an entry fetched
+    from another worker, whose files are in the remote already)."""
+    cache = repo.cache.local if file.name == "md5" else repo.cache.legacy
+    if not cache.exists(file.value):
+        return set()
+    return {file} | ({entry for _, _, entry in Tree.load(cache, file)} if file.isdir else set())
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_failure,

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
+
+# Prefect's engine logs a failed flow or task run, traceback included, on these loggers.
+PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+class _WithoutTraceback(logging.Filter):
+    """Keep Prefect's log line for an expected error, drop its traceback."""
+
+    def __init__(self, errors: tuple[type[Exception], ...]) -> None:
+        super().__init__()
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.errors):
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 @contextmanager
@@ -14,10 +31,14 @@ def one_line_errors(command: str, debug: bool, *errors: type[Exception]) -> Iter
 
     Args:
         command: the name to print.
-        debug: re-raise instead, with the traceback.
+        debug: re-raise instead, with the traceback (Prefect's logs keep theirs too).
         errors: the expected failures (bad input, a failed stage); anything else is a bug and
             keeps its traceback.
     """
+    quiet = _WithoutTraceback(errors)
+    loggers = [] if debug else [logging.getLogger(name) for name in PREFECT_RUN_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
     try:
         yield
     except errors as error:
@@ -25,3 +46,6 @@ def one_line_errors(command: str, debug: bool, *errors: type[Exception]) -> Iter
             raise
         typer.echo(f"{command}: error: {error}", err=True)
         raise typer.Exit(1) from None
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)

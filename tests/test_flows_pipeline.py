@@ -79,6 +79,24 @@ def test_failing_stage_fails_the_flow_naming_it(reproduced, harness):
     assert json.loads(run("dvc", "status", "--json", cwd=project).stdout) == {}
 
 
+def test_command_line_reports_a_failed_stage_in_one_line(tiny_project, tmp_path):
+    """Prefect logs the failed runs; the traceback only with --debug."""
+    import shutil
+    import sys
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_project, project, symlinks=True)
+    edit_params(project, lambda p: p["ingest"].update(max_side=1))
+    command = (sys.executable, "-m", "flows.pipeline", str(project))
+    proc = run(*command, cwd=ROOT, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert "Task run 'ingest' - Finished in state Failed" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("pipeline: error:")]
+    assert len(errors) == 1 and "stage ingest failed" in errors[0] and "max_side" in errors[0]
+    debug = run(*command, "--debug", cwd=ROOT, check=False)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
 def test_lock_contention_is_retried_data_errors_are_not(monkeypatch, harness, tmp_path):
     calls = []
     replies = iter([(1, "ERROR: Unable to acquire lock"), (0, "Running stage 'x'")])

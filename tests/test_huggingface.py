@@ -135,6 +135,23 @@ def test_unreachable_endpoint_fails_fast_naming_fixes(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_command_line_exits_75_when_the_hub_is_unreachable(tmp_path: Path) -> None:
+    """75: try again later (the retrain flow retries `acquire` on it); 1 would mean "do not"."""
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    cli = Path(sys.executable).with_name("rarespecies")
+    proc = subprocess.run([str(cli), "acquire", "huggingface", "--no-version"], cwd=tmp_path,
+                          env={**os.environ, "HF_ENDPOINT": endpoint, "NO_PROXY": "127.0.0.1"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 75, proc.stderr
+    assert "cannot reach the Hugging Face Hub" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_offline_mode_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(AcquireError, match="HF_HUB_OFFLINE"):

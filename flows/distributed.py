@@ -9,7 +9,8 @@ DVC remote, split the work. A worker avoids recomputing a stage in two ways:
   the remote"). Every stage qualifies: dvc.yaml keeps git-tracked (`cache: false`) outputs to
   metrics and plots, which the run cache stores, and trained models are saved byte for byte
   reproducibly (stages/keras_file.py), so a retrained model matches the entry.
-After each stage the worker pushes its outputs and run-cache entry for the next worker.
+After each stage the worker pushes its outputs, its run-cache entry and the run cache's
+copies of its metrics and plots, for the next worker.
 
     RARESPECIES_CHECKOUT=/work/checkout-a prefect worker start --pool rarespecies
     python -m flows.distributed --checkout /work/checkout-b ingest validate split

@@ -92,10 +92,28 @@ def test_acquire_outside_a_dvc_project_names_the_fix(tmp_path):
     run("rarespecies", "acquire", "sample", "--tiny", "--no-version", cwd=tmp_path)
 
 
-def test_acquire_eol_downloads_versions_and_feeds_ingest(tmp_path, monkeypatch):
+def _eol_catalog(folder, server, faults: list[str]) -> None:
+    """`folder/licenses.csv`: the smallest real EOL images, one per fault of the local server."""
     import csv
     import hashlib
 
+    from conftest import EOL_SAMPLE
+
+    with (EOL_SAMPLE / "metadata.csv").open(newline="") as handle:
+        rows = sorted(csv.DictReader(handle),
+                      key=lambda r: (EOL_SAMPLE / r["file_path"]).stat().st_size)[:len(faults)]
+    catalog = [{"eol_content_id": r["eol_content_id"], "eol_page_id": r["eol_page_id"],
+                "md5": hashlib.md5((EOL_SAMPLE / r["file_path"]).read_bytes()).hexdigest(),
+                "eol_full_size_copy_url": server.url(fault, r["file_path"]),
+                "phylum": r["phylum"], "family": r["family"]}
+               for r, fault in zip(rows, faults, strict=True)]
+    with (folder / "licenses.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(catalog[0]))
+        writer.writeheader()
+        writer.writerows(catalog)
+
+
+def test_acquire_eol_downloads_versions_and_feeds_ingest(tmp_path, monkeypatch):
     from eol_server import EolServer
 
     from stages.ingest import ingest
@@ -103,21 +121,10 @@ def test_acquire_eol_downloads_versions_and_feeds_ingest(tmp_path, monkeypatch):
     from conftest import EOL_SAMPLE
 
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    with (EOL_SAMPLE / "metadata.csv").open(newline="") as handle:
-        rows = sorted(csv.DictReader(handle),
-                      key=lambda r: (EOL_SAMPLE / r["file_path"]).stat().st_size)[:3]
     run("git", "init", "-q", cwd=tmp_path)
     run("dvc", "init", "-q", cwd=tmp_path)
     with EolServer(EOL_SAMPLE) as server:
-        catalog = [{"eol_content_id": r["eol_content_id"], "eol_page_id": r["eol_page_id"],
-                    "md5": hashlib.md5((EOL_SAMPLE / r["file_path"]).read_bytes()).hexdigest(),
-                    "eol_full_size_copy_url": server.url(fault, r["file_path"]),
-                    "phylum": r["phylum"], "family": r["family"]}
-                   for r, fault in zip(rows, ["ok", "fail-once", "missing"], strict=True)]
-        with (tmp_path / "licenses.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(catalog[0]))
-            writer.writeheader()
-            writer.writerows(catalog)
+        _eol_catalog(tmp_path, server, ["ok", "fail-once", "missing"])
         proc = run("rarespecies", "acquire", "eol", "--catalog", "licenses.csv", "--retries",
                    "1", "--timeout", "5", cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stderr  # a 404: the same command fails the same way
@@ -133,26 +140,13 @@ def test_acquire_eol_downloads_versions_and_feeds_ingest(tmp_path, monkeypatch):
 
 
 def test_acquire_eol_exits_75_when_a_rerun_may_fetch_what_failed(tmp_path, monkeypatch):
-    import csv
-    import hashlib
-
     from eol_server import EolServer
 
     from conftest import EOL_SAMPLE
 
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    with (EOL_SAMPLE / "metadata.csv").open(newline="") as handle:
-        row = min(csv.DictReader(handle),
-                  key=lambda r: (EOL_SAMPLE / r["file_path"]).stat().st_size)
     with EolServer(EOL_SAMPLE) as server:
-        entry = {"eol_content_id": row["eol_content_id"], "eol_page_id": row["eol_page_id"],
-                 "md5": hashlib.md5((EOL_SAMPLE / row["file_path"]).read_bytes()).hexdigest(),
-                 "eol_full_size_copy_url": server.url("fail", row["file_path"]),  # HTTP 500
-                 "phylum": row["phylum"], "family": row["family"]}
-        with (tmp_path / "licenses.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(entry))
-            writer.writeheader()
-            writer.writerow(entry)
+        _eol_catalog(tmp_path, server, ["fail"])  # HTTP 500 every time
         proc = run("rarespecies", "acquire", "eol", "--catalog", "licenses.csv", "--retries",
                    "0", "--no-version", cwd=tmp_path, check=False)
     assert proc.returncode == 75, proc.stderr

@@ -20,7 +20,7 @@ from huggingface_hub.utils._http import default_client_factory
 from stages import huggingface
 from stages.huggingface import DATASET_URL, REPO_ID, REVISION, AcquireError, download_dataset
 
-from conftest import taxonomy_rows, write_hf_folder
+from conftest import run, taxonomy_rows, write_hf_folder
 
 TOKEN = "hf_test_token"
 NOT_DOWNLOADED = ["README.md", ".gitattributes", "metadata/README.md", "scripts/make_csv.py"]
@@ -135,19 +135,15 @@ def test_unreachable_endpoint_fails_fast_naming_fixes(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_command_line_exits_75_when_the_hub_is_unreachable(tmp_path: Path) -> None:
+def test_command_line_exits_75_when_the_hub_is_unreachable(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """75: try again later (the retrain flow retries `acquire` on it); 1 would mean "do not"."""
-    import os
-    import subprocess
-    import sys
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    cli = Path(sys.executable).with_name("rarespecies")
-    proc = subprocess.run([str(cli), "acquire", "huggingface", "--no-version"], cwd=tmp_path,
-                          env={**os.environ, "HF_ENDPOINT": endpoint, "NO_PROXY": "127.0.0.1"},
-                          capture_output=True, text=True, timeout=120)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{probe.getsockname()[1]}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    proc = run("rarespecies", "acquire", "huggingface", "--no-version", cwd=tmp_path,
+               check=False)
     assert proc.returncode == 75, proc.stderr
     assert "cannot reach the Hugging Face Hub" in proc.stderr and "Traceback" not in proc.stderr
 

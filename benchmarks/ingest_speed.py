@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 from PIL import Image, ImageOps
 
-from stages.imaging import IMAGE_SUFFIXES, open_rgb
+from rarespecies.runtime.images import IMAGE_SUFFIXES, open_rgb
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/eol-real-sample"
 app = typer.Typer(add_completion=False)

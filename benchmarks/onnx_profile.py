@@ -18,8 +18,8 @@ import numpy as np
 import onnxruntime as ort
 import typer
 
-from stages.data import load_split
-from stages.export import EXPORT_DIR
+from rarespecies.config.paths import EXPORT_DIR
+from rarespecies.modeling.datasets import load_split
 
 
 def op_times(path: Path, image: np.ndarray, runs: int, threads: int) -> dict[str, float]:

@@ -18,12 +18,13 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from stages.benchmark import measure, onnx_session
-from stages.data import load_split
-from stages.export import EXPORT_DIR, ONNX_FILE
-from stages.io import read_json
-from stages.params import BenchmarkParams, QuantizeParams
-from stages.quantize import compare, describe, quantize_model
+from rarespecies.config.params import BenchmarkParams, QuantizeParams
+from rarespecies.config.paths import EXPORT_DIR, ONNX_FILE
+from rarespecies.core.files import read_json
+from rarespecies.export.benchmark import measure
+from rarespecies.export.quantize import compare, describe, quantize_model
+from rarespecies.modeling.datasets import load_split
+from rarespecies.runtime.session import open_session
 
 CANDIDATES = (
     QuantizeParams(method="dynamic", op_types=["MatMul"]),
@@ -47,7 +48,7 @@ def main(
     batch = np.concatenate([images] * -(-timing.batch_size // len(images)))[:timing.batch_size]
 
     def speed(path: Path) -> dict:
-        session = onnx_session(path, threads=0)
+        session = open_session(path, threads=0)
         name = session.get_inputs()[0].name
         return measure(lambda x: session.run(None, {name: x}), images[:1], batch, timing)
 

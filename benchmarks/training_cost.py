@@ -73,11 +73,11 @@ def one(model_name: str, times: int) -> dict:
     """Measure one model on the train split repeated `times` times (in this process)."""
     import numpy as np
 
-    from stages.data import batches, load_split
-    from stages.features import extract, load_backbone
-    from stages.models import BACKBONE, build_optimizer
-    from stages.params import load_params
-    from stages.train import build_model, seed_everything
+    from rarespecies.config.params import load_params
+    from rarespecies.modeling.datasets import batches, load_split
+    from rarespecies.modeling.features import extract, load_backbone
+    from rarespecies.modeling.models import BACKBONE, build_optimizer
+    from rarespecies.modeling.training import build_model, seed_everything
 
     memory = AnonPeak()
     params = load_params()
@@ -109,7 +109,7 @@ def one(model_name: str, times: int) -> dict:
         result["epoch_s"] = _timed_epoch(model, data)
         ft = t.fine_tune
         if ft.layers:  # backpropagating into the backbone costs more per epoch
-            from stages.backbones import unfreeze_last
+            from rarespecies.modeling.backbones import unfreeze_last
 
             unfreeze_last(model.get_layer(BACKBONE), ft.layers)
             model.compile(optimizer=build_optimizer(ft.optimizer, ft.learning_rate,
@@ -159,7 +159,7 @@ def main(
     child: Annotated[str, typer.Option(hidden=True, help="MODEL:TIMES, fresh process")] = "",
 ) -> None:
     """Measure each model at 1x and `grow`x the train split; print the full-scale projection."""
-    from stages.params import load_params
+    from rarespecies.config.params import load_params
 
     if child:
         name, times = child.rsplit(":", 1)

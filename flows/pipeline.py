@@ -9,9 +9,6 @@ repository lock held by another DVC process) and names the stage that failed.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Annotated
@@ -19,84 +16,29 @@ from typing import Annotated
 import typer
 from prefect import flow, get_run_logger, task
 
-from flows.cli import one_line_errors
-from flows.dvc_cli import NotAProject, dvc, last_lines, project_root
-
-# DVC prints these when another process holds the repository or an output lock: worth a
-# retry. Anything else (bad data, bad params, a bug) fails the same way again: no retry.
-TRANSIENT_MARKERS = ("Unable to acquire lock", "is busy, it is being blocked by")
-
-
-class StageFailed(RuntimeError):
-    """A DVC stage exited with an error."""
-
-    def __init__(self, stage: str, detail: str, transient: bool = False) -> None:
-        super().__init__(f"stage {stage} failed: {detail}")
-        self.stage, self.transient = stage, transient
-
-
-def stage_failure(stage: str, proc: subprocess.CompletedProcess, step: str = "") -> StageFailed:
-    """The error for a failed DVC command on `stage`; transient when DVC's output says so."""
-    output = proc.stdout + proc.stderr
-    return StageFailed(stage, f"{step}: {last_lines(proc)}" if step else last_lines(proc),
-                       any(marker in output for marker in TRANSIENT_MARKERS))
-
-
-def pipeline_stages(root: Path) -> list[str]:
-    """Stage names of dvc.yaml (matrix/foreach expanded) with dependencies first.
-
-    Args:
-        root: the DVC project.
-
-    Returns:
-        Stage addresses such as `train@convnext_full`, in an order DVC could run them.
-    """
-    import networkx as nx
-    from dvc.repo import Repo
-    from dvc.stage import PipelineStage
-
-    with Repo(str(root)) as repo:
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        order = reversed(list(nx.lexicographical_topological_sort(graph, key=str)))
-        return [_address(s, root) for s in order if isinstance(s, PipelineStage)]
-
-
-def _address(stage, root: Path) -> str:
-    """`name`, or `path/dvc.yaml:name` outside the root dvc.yaml (relative to the project)."""
-    dvcfile = os.path.relpath(stage.dvcfile.path, root)
-    return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
-
-
-def transient_failure(task, task_run, state) -> bool:
-    """Retry condition: only errors marked transient (a held DVC lock, a network failure)."""
-    return getattr(state.result(raise_on_failure=False), "transient", False) is True
+from flows.common import flow_errors, transient_failure
+from rarespecies.core.console import Debug, run_command
+from rarespecies.core.dvc import dvc, project_root
+from rarespecies.ops.pipeline import (
+    collect_metrics,
+    pipeline_stages,
+    repro_outcome,
+    stage_failure,
+)
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_failure,
       task_run_name="{stage}")
 def run_stage(stage: str, root: str) -> dict:
     """Let DVC run one stage if its inputs changed; report whether it ran and how long."""
-    logger = get_run_logger()
     start = time.perf_counter()
     proc = dvc("repro", "--single-item", stage, cwd=root)
     seconds = round(time.perf_counter() - start, 1)
-    output = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0:
         raise stage_failure(stage, proc)
-    if f"Running stage '{stage}'" in output:
-        status = "ran"
-    elif "is cached - skipping run" in output:
-        status = "restored from the run cache"
-    else:
-        status = "skipped (unchanged)"
-    logger.info("%s: %s in %.1f s", stage, status, seconds)
+    status = repro_outcome(proc.stdout + proc.stderr, stage)
+    get_run_logger().info("%s: %s in %.1f s", stage, status, seconds)
     return {"stage": stage, "ran": status == "ran", "status": status, "seconds": seconds}
-
-
-def collect_metrics(root: Path) -> dict:
-    """Metrics files of the run (metrics/*.json and metrics/models/*.json), by file stem."""
-    return {p.stem: json.loads(p.read_text())
-            for p in sorted((root / "metrics").rglob("*.json"))}
 
 
 @flow(name="pipeline", log_prints=True)
@@ -126,15 +68,13 @@ def pipeline(root: str = ".") -> dict:
     return {"stages": results, "metrics": metrics}
 
 
-def main(
-    root: Annotated[str, typer.Argument(help="DVC project folder.")] = ".",
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-) -> None:
+def main(root: Annotated[str, typer.Argument(help="DVC project folder.")] = ".",
+         debug: Debug = False) -> None:
     """Run every DVC stage in order; DVC skips the unchanged ones."""
-    with one_line_errors("pipeline", debug, StageFailed, NotAProject):
+    with flow_errors("pipeline", debug):
         project_root(root)  # fail in one line before Prefect starts a server
         pipeline(root)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)

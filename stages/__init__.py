@@ -1,6 +1,7 @@
-"""DVC stages of the rare-species family classifier: one module per stage plus shared helpers."""
+"""One thin module per dvc.yaml stage: it parses its arguments, reads its own params.yaml keys
+and paths, and calls the `rarespecies` package. Not installed: DVC runs them from the project
+root as `python -m stages.<stage> [NAME] [--debug]`."""
 
-import os
+from rarespecies.core.interpreter import ensure_project_interpreter
 
-# TensorFlow's C++ start-up chatter (oneDNN, CPU features) buries the stages' own output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ensure_project_interpreter()

@@ -1,60 +1,21 @@
-"""Stage `export`: the selected model to ONNX, with labels and provenance, behind a parity gate.
-
-The ONNX model takes RGB uint8 pixels [N, S, S, 3] and returns family probabilities; its
-preprocessing is inside the graph. If its probabilities differ from the Keras model's by more
-than `export.parity_tolerance`, or their top-1 families agree on fewer than
-`export.min_top1_agreement` of the test split, the stage fails and no file is kept.
-"""
+"""Stage `export`: the selected model to `export/model.onnx` (uint8 pixels in, probabilities
+out, labels and provenance in its metadata), kept only if it matches Keras on the test split."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
 import time
-from pathlib import Path
 
-import numpy as np
-import yaml
+import typer
 
-from stages.data import load_split
-from stages.imaging import RESIZE_METHOD
-from stages.io import read_json, write_json
-from stages.params import BackboneParams, ExportParams
-
-EXPORT_DIR = Path("artifacts/export")  # written by the select stage
-ONNX_FILE = Path("export/model.onnx")  # a stable path for downstream tools
-
-
-def load_inference_model(export_dir: Path):
-    """Rebuild the chosen model from the select stage's folder, taking uint8 pixels.
-
-    Args:
-        export_dir: output of the select stage (`choice.json`, `model.keras`, and for a head
-            on cached features the `backbone.weights.h5` that produced them).
-
-    Returns:
-        The Keras model `[N, S, S, 3]` uint8 -> probabilities.
-    """
-    import keras
-
-    from stages.features import BACKBONE_WEIGHTS, load_backbone
-    from stages.models import BACKBONE, HEAD
-    from stages.onnx_export import inference_model
-
-    choice = read_json(export_dir / "choice.json")
-    trained = keras.models.load_model(export_dir / "model.keras")
-    if choice["inputs"] == "features":
-        backbone = load_backbone(BackboneParams(**choice["backbone"]),
-                                 export_dir / BACKBONE_WEIGHTS)
-        head = trained
-    else:  # trained end to end: drop the augmentation, keep its backbone and head
-        backbone, head = trained.get_layer(BACKBONE), trained.get_layer(HEAD)
-    return inference_model(backbone, head, choice["backbone"]["input_size"])
+from rarespecies.config import paths
+from rarespecies.config.params import load_params
+from rarespecies.core.console import Debug, run_command, run_stage
+from rarespecies.export.export import export
 
 
 def git_revision() -> str:
-    """HEAD's commit, marked `-dirty` when tracked files differ from it."""
+    """HEAD's commit, marked `-dirty` when tracked files differ from it: for the log only."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -65,94 +26,24 @@ def git_revision() -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def provenance(choice: dict, labels: list[str], data_dvc: Path,
-               normalize_max_side: int) -> dict[str, str]:
-    """Metadata written into the ONNX file (string values, as ONNX requires).
-
-    `normalize_max_side` and `resize_method` let a consumer prepare images exactly as the
-    pipeline did: decode to at most that side (ingest), then resize to the input (preprocess).
-    """
-    size = choice["backbone"]["input_size"]
-    params_json = json.dumps({"backbone": choice["backbone"], "model": choice["settings"]},
-                             sort_keys=True)
-    data_hash = yaml.safe_load(data_dvc.read_text())["outs"][0]["md5"]
-    return {
-        "model_name": choice["model"],
-        "selection": choice["reason"],
-        "labels": json.dumps(labels),
-        "input_size": str(size),
-        "input_layout": "NHWC",
-        "input_dtype": "uint8",
-        "color_order": "RGB",
-        "pixel_range": "0-255",
-        "normalize_max_side": str(normalize_max_side),
-        "resize_method": RESIZE_METHOD.format(size=size, max_side=normalize_max_side),
-        "backbone": choice["backbone"]["architecture"],
-        "backbone_weights": str(choice["backbone"]["weights"]),
-        "params_sha256": hashlib.sha256(params_json.encode()).hexdigest()[:16],
-        "params": params_json,
-        "data_dvc_md5": data_hash,
-        "git_revision": git_revision(),
-        "test_macro_f1": f"{choice['test_metrics']['macro_f1']:.4f}",
-    }
-
-
-def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: Path,
-           normalize_max_side: int) -> dict:
-    """Convert, check parity on the test split, and keep the file only if it passes.
-
-    Args:
-        export_dir: output of the select stage.
-        params: export settings (opset, tolerance).
-        out_path: the ONNX file to write.
-        report_path: JSON with the choice, the parity figures and conversion time.
-        normalize_max_side: `ingest.max_side`, recorded for consumers of the model.
-
-    Returns:
-        The report.
-    """
-    from stages.onnx_export import ParityError, check_parity, convert_to_onnx, parity
-
-    choice = read_json(export_dir / "choice.json")
-    # data.dvc cannot be a DVC dependency (DVC refuses .dvc files); its hash is the `data`
-    # dependency of ingest, so a change to it reruns this stage anyway.
-    metadata = provenance(choice, read_json(export_dir / "labels.json"), Path("data.dvc"),
-                          normalize_max_side)
-    keras_model = load_inference_model(export_dir)
+def work() -> str:
+    """Export with the `export` keys and `ingest.max_side` of params.yaml."""
+    params = load_params()
     start = time.perf_counter()
-    convert_to_onnx(keras_model, out_path, params.opset, metadata)
-    seconds = time.perf_counter() - start
-    images, _ = load_split(export_dir, "test")
-    report = {"model": choice["model"], "reason": choice["reason"]}
-    report |= parity(keras_model, out_path, np.asarray(images))
-    report |= {"tolerance": params.parity_tolerance,
-               "min_top1_agreement": params.min_top1_agreement, "opset": params.opset,
-               "convert_seconds": round(seconds, 1),
-               "onnx_mb": round(out_path.stat().st_size / 2**20, 1)}
-    try:
-        check_parity(report, params.parity_tolerance, params.min_top1_agreement)
-    except ParityError:
-        out_path.unlink(missing_ok=True)
-        raise
-    write_json(report_path, report)
-    return report
+    report = export(paths.EXPORT_DIR, params.export, paths.ONNX_FILE, paths.EXPORT_METRICS,
+                    params.ingest.max_side)
+    # Not in the file nor in a metric: neither is the same from one run to the next.
+    typer.echo(f"export: converted in {time.perf_counter() - start:.1f} s from git "
+               f"{git_revision()}")
+    return (f"{report['model']} -> {paths.ONNX_FILE} ({report['onnx_mb']} MB, opset "
+            f"{report['opset']}): max |p_onnx - p_keras| {report['max_abs_diff']:.2e} on "
+            f"{report['images']} test images, top-1 agreement {report['top1_agreement']:.2%}")
 
 
-def main() -> None:
-    """Run the stage with the `export` keys on the select stage's folder."""
-    from stages.cli_util import stage_main
-    from stages.params import load_params
-
-    def work() -> str:
-        params = load_params()
-        report = export(EXPORT_DIR, params.export, ONNX_FILE, Path("metrics/export.json"),
-                        params.ingest.max_side)
-        return (f"{report['model']} -> {ONNX_FILE} ({report['onnx_mb']} MB, opset "
-                f"{report['opset']}): max |p_onnx - p_keras| {report['max_abs_diff']:.2e} on "
-                f"{report['images']} test images, top-1 agreement {report['top1_agreement']:.2%}")
-
-    stage_main("export", work)
+def main(debug: Debug = False) -> None:
+    """Convert the selected model to ONNX behind the parity gate."""
+    run_stage("export", work, debug)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

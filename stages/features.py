@@ -1,115 +1,30 @@
-"""Stage `features@<backbone>`: a frozen backbone runs once; its features are cached.
-
-Every head on that backbone then trains on them in seconds, and a head-parameter change never
-reruns the backbone. The backbone's weights are saved beside the features, so export uses
-exactly the network that produced them (also when `weights: null` draws them at random).
-"""
+"""Stage `features@<backbone>`: the frozen backbone runs once over every split; every head on it
+then trains on the cached features in seconds."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
-import numpy as np
+import typer
 
-from stages.data import load_split
-from stages.io import atomic_path
-from stages.params import BackboneParams
-from stages.split import SPLITS
-
-BACKBONE_WEIGHTS = "backbone.weights.h5"
+from rarespecies.config import paths
+from rarespecies.config.params import load_params
+from rarespecies.core.console import Debug, run_command, run_stage
+from rarespecies.modeling.features import compute_features
 
 
-def load_backbone(params: BackboneParams, weights_file: Path | None = None):
-    """Build the frozen backbone (preprocessing inside, ConvNeXt rewritten depthwise).
-
-    Args:
-        params: backbone settings (architecture, input size, weights, pooling, seed).
-        weights_file: a `backbone.weights.h5` saved by this stage; overrides `params.weights`.
-
-    Returns:
-        A Keras model mapping float RGB pixels (0..255) to features.
-    """
-    import keras
-
-    from stages.models import build_backbone_model
-
-    keras.utils.set_random_seed(params.seed)
-    if weights_file is not None:
-        params = params.model_copy(update={"weights": None})
-    backbone = build_backbone_model(params)
-    if weights_file is not None:
-        backbone.load_weights(weights_file)
-    return backbone
+def work(backbone: str) -> str:
+    """Extract with `backbones.<backbone>` of params.yaml."""
+    settings = load_params().backbone(backbone)
+    counts = compute_features(paths.arrays_dir(backbone), paths.features_dir(backbone), settings)
+    return f"{settings.architecture} features for {counts}"
 
 
-def extract(backbone, images: np.ndarray, out: np.ndarray, batch_size: int,
-            desc: str = "features", progress: bool = True) -> np.ndarray:
-    """Features of uint8 images, computed batch by batch into `out`.
-
-    Args:
-        backbone: model from `load_backbone`.
-        images: (N, S, S, 3) uint8, possibly memory-mapped.
-        out: (N, *backbone output shape) float32, typically a memory map: memory stays flat
-            whatever N, also for unpooled feature maps.
-        batch_size: images per forward pass.
-        desc: progress bar label.
-        progress: show a progress bar.
-
-    Returns:
-        `out`, filled.
-    """
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    forward = tf.function(lambda x: backbone(tf.cast(x, tf.float32), training=False),
-                          reduce_retracing=True)
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
-                      disable=not progress):
-        out[start:start + batch_size] = forward(np.asarray(images[start:start + batch_size]))
-    return out
-
-
-def compute_features(arrays_dir: Path, out_dir: Path, params: BackboneParams) -> dict[str, int]:
-    """Write `<split>_x.npy` features, `<split>_y.npy` labels and the backbone's weights.
-
-    Args:
-        arrays_dir: output of the preprocess stage for this model.
-        out_dir: output folder.
-        params: backbone settings.
-
-    Returns:
-        Number of feature vectors per split.
-    """
-    backbone = load_backbone(params)
-    counts = {}
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for split in SPLITS:
-            images, labels = load_split(arrays_dir, split)
-            out = np.lib.format.open_memmap(tmp / f"{split}_x.npy", mode="w+", dtype=np.float32,
-                                            shape=(len(images), *backbone.output_shape[1:]))
-            extract(backbone, images, out, params.batch_size, desc=f"features {split}")
-            out.flush()
-            del out
-            np.save(tmp / f"{split}_y.npy", labels)
-            counts[split] = len(images)
-        backbone.save_weights(tmp / BACKBONE_WEIGHTS)
-    return counts
-
-
-def main() -> None:
-    """Run the stage with `backbones.<backbone>` of params.yaml."""
-    from stages.cli_util import stage_main
-    from stages.params import load_params
-
-    def work(backbone: str) -> str:
-        settings = load_params().backbone(backbone)
-        counts = compute_features(Path(f"artifacts/arrays/{backbone}"),
-                                  Path(f"artifacts/features/{backbone}"), settings)
-        return f"{settings.architecture} features for {counts}"
-
-    stage_main("features", work, per="backbone")
+def main(backbone: Annotated[str, typer.Argument(help="A key of `backbones` in params.yaml.")],
+         debug: Debug = False) -> None:
+    """Compute and cache the backbone's features of every image."""
+    run_stage(f"features@{backbone}", lambda: work(backbone), debug)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

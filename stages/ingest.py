@@ -1,149 +1,31 @@
-"""Stage `ingest`: data folder (course or Hugging Face layout) → normalized RGB images,
-manifest and report.
-
-Every metadata row and every file is accounted for in `reports/ingest.json`: a row is either
-in the manifest or quarantined with its reason, an image file without a row is quarantined,
-and any other file is listed as ignored. A bad file never crashes the stage.
-"""
+"""Stage `ingest`: the data folder (course or Hugging Face layout) → normalized RGB images, the
+manifest and `reports/ingest.json`, which accounts for every row and file."""
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import os
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from stages.imaging import IMAGE_SUFFIXES, ImageError, open_rgb
-from stages.io import atomic_path, write_json
-from stages.layouts import TAXONOMY, IngestError, Row, read_listing
-
-__all__ = ["MANIFEST_COLUMNS", "TAXONOMY", "IngestError", "ingest"]
-
-MANIFEST_COLUMNS = ["id", "label", *TAXONOMY, "eol_content_id", "eol_page_id", "source_path",
-                    "sha256", "width", "height", "image_path"]
+from rarespecies.config import paths
+from rarespecies.config.params import load_params
+from rarespecies.core.console import Debug, run_command, run_stage
+from rarespecies.data.ingest import ingest
 
 
-def _decode(job: tuple[Row, Path, int, int, int]) -> dict:
-    """Decode one source image and write its normalized JPEG (runs in a worker process)."""
-    row, out_dir, max_side, max_pixels, quality = job
-    data = row.source.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        img, (width, height) = open_rgb(row.source, max_side, max_pixels)
-    except ImageError as error:
-        return {"row": row, "sha256": digest, "error": str(error)}
-    target = out_dir / f"{digest[:24]}.jpg"
-    img.save(target, "JPEG", quality=quality, subsampling=0)
-    return {"row": row, "sha256": digest, "width": width, "height": height,
-            "image": target.name}
+def work() -> str:
+    """Ingest with the `data` and `ingest` keys of params.yaml."""
+    params = load_params()
+    p = params.ingest
+    report = ingest(Path(params.data.dir), paths.INGEST_IMAGES, paths.MANIFEST,
+                    paths.INGEST_REPORT, max_side=p.max_side, max_pixels=p.max_pixels,
+                    jpeg_quality=p.jpeg_quality, workers=p.workers)
+    return (f"ingested {report['ingested']} images in {report['classes']} classes, "
+            f"quarantined {report['quarantined']} (see {paths.INGEST_REPORT})")
 
 
-def ingest(data_dir: Path, images_dir: Path, manifest_path: Path, report_path: Path, *,
-           max_side: int, max_pixels: int, jpeg_quality: int, workers: int = 0,
-           progress: bool = True) -> dict:
-    """Normalize every listed image and write the manifest and the ingest report.
-
-    Args:
-        data_dir: data folder in the course or the Hugging Face layout.
-        images_dir: output folder of normalized JPEGs.
-        manifest_path: output CSV, one row per accepted image.
-        report_path: output JSON with counts, every quarantined row or file and every ignored
-            (non-image) file.
-        max_side: longest side of normalized images.
-        max_pixels: sources above this pixel count are quarantined.
-        jpeg_quality: quality of the normalized JPEGs.
-        workers: decode processes (0 = one per core).
-        progress: show a progress bar.
-
-    Returns:
-        The report dictionary.
-    """
-    from tqdm import tqdm
-
-    listing = read_listing(data_dir)
-    quarantined = list(listing.quarantined)
-    metadata_files = {listing.metadata.resolve(), (data_dir / "metadata/licenses.csv").resolve()}
-    listed = {r.source.resolve() for r in listing.rows} | {
-        (data_dir / q["path"]).resolve() for q in quarantined if q["path"]}
-    files = sorted(p for p in data_dir.rglob("*") if p.is_file() or p.is_symlink())
-    image_files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    unlisted = [p for p in image_files if p.resolve() not in listed]
-    quarantined += [{"line": None, "path": p.relative_to(data_dir).as_posix(),
-                     "reason": "image file has no metadata row"} for p in unlisted]
-    ignored = [p.relative_to(data_dir).as_posix() for p in files
-               if p.suffix.lower() not in IMAGE_SUFFIXES and p.resolve() not in metadata_files]
-
-    manifest: list[dict] = []
-    by_hash: dict[str, str] = {}
-    with atomic_path(images_dir) as tmp_images:
-        tmp_images.mkdir()
-        jobs = [(r, tmp_images, max_side, max_pixels, jpeg_quality) for r in listing.rows]
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            results = tqdm(pool.map(_decode, jobs, chunksize=4), total=len(jobs),
-                           desc="ingest", unit="img", disable=not progress)
-            for result in results:
-                row: Row = result["row"]
-                rel = row.path
-                if "error" in result:
-                    quarantined.append({"line": row.line, "path": rel, "reason": result["error"]})
-                elif result["sha256"] in by_hash:
-                    quarantined.append({"line": row.line, "path": rel,
-                                        "reason": f"same image as id {by_hash[result['sha256']]}"})
-                else:
-                    by_hash[result["sha256"]] = row.id
-                    manifest.append({
-                        "id": row.id, "label": row.label, **row.taxonomy,
-                        "eol_content_id": row.eol_content_id,
-                        "eol_page_id": row.eol_page_id, "source_path": rel,
-                        "sha256": result["sha256"], "width": result["width"],
-                        "height": result["height"],
-                        "image_path": f"{images_dir.as_posix()}/{result['image']}"})
-    manifest.sort(key=lambda m: m["id"])
-    with atomic_path(manifest_path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(manifest)
-
-    reasons = Counter(q["reason"].split(" (")[0] for q in quarantined)
-    report = {
-        "layout": listing.layout,
-        "metadata_rows": listing.metadata_rows,
-        "image_files": len(image_files),
-        "ingested": len(manifest),
-        "quarantined": len(quarantined),
-        "quarantined_rows": len(quarantined) - len(unlisted),
-        "unlisted_files": len(unlisted),
-        "quarantine_reasons": dict(sorted(reasons.items())),
-        "classes": len({m["label"] for m in manifest}),
-        "per_class": dict(sorted(Counter(m["label"] for m in manifest).items())),
-        "quarantine": sorted(quarantined, key=lambda q: (q["line"] or 0, q["path"])),
-        "ignored_files": ignored,
-    }
-    # Every row is in the manifest or quarantined; every image file is listed or quarantined.
-    assert report["ingested"] + report["quarantined_rows"] == report["metadata_rows"]
-    write_json(report_path, report)
-    return report
-
-
-def main() -> None:
-    """Run the stage with the `data` and `ingest` keys of params.yaml."""
-    from stages.cli_util import stage_main
-    from stages.params import load_params
-
-    def work() -> str:
-        params = load_params()
-        p = params.ingest
-        report = ingest(Path(params.data.dir), Path("artifacts/ingest/images"),
-                        Path("artifacts/ingest/manifest.csv"), Path("reports/ingest.json"),
-                        max_side=p.max_side, max_pixels=p.max_pixels,
-                        jpeg_quality=p.jpeg_quality, workers=p.workers)
-        return (f"ingested {report['ingested']} images in {report['classes']} classes, "
-                f"quarantined {report['quarantined']} (see reports/ingest.json)")
-
-    stage_main("ingest", work)
+def main(debug: Debug = False) -> None:
+    """Normalize every listed image; quarantine, with its reason, what cannot be used."""
+    run_stage("ingest", work, debug)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

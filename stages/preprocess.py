@@ -1,74 +1,32 @@
-"""Stage `preprocess@<backbone>`: images resized to its input size as uint8 arrays.
-
-Per split: `<split>_x.npy` (N, S, S, 3) uint8 and `<split>_y.npy` (N,) class indices in the
-order of `labels.json`. Arrays are written through a memory map, so memory stays flat
-whatever the dataset size, and training can stream them back the same way.
-"""
+"""Stage `preprocess@<backbone>`: every split's images at the backbone's input size, as uint8
+arrays."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
-import numpy as np
-import pandas as pd
-from PIL import Image
+import typer
 
-from stages.imaging import resize_for_model
-from stages.io import atomic_path, read_json
-from stages.split import SPLITS
-
-
-def preprocess(split_csv: Path, labels: list[str], out_dir: Path, *, size: int,
-               progress: bool = True) -> dict[str, int]:
-    """Resize every image of every split into `out_dir`.
-
-    Args:
-        split_csv: output of the split stage (id, label, split, image_path).
-        labels: class names; a label's index is its position here.
-        out_dir: folder to write `<split>_x.npy` and `<split>_y.npy` into.
-        size: square input side of the model.
-        progress: show a progress bar.
-
-    Returns:
-        Number of images per split.
-    """
-    from tqdm import tqdm
-
-    table = pd.read_csv(split_csv, dtype={"id": str})
-    index = {label: i for i, label in enumerate(labels)}
-    counts = {}
-    with atomic_path(out_dir) as tmp, tqdm(total=len(table), desc=f"preprocess {size}px",
-                                           unit="img", disable=not progress) as bar:
-        tmp.mkdir()
-        for split in SPLITS:
-            rows = table[table["split"] == split]
-            x = np.lib.format.open_memmap(tmp / f"{split}_x.npy", mode="w+", dtype=np.uint8,
-                                          shape=(len(rows), size, size, 3))
-            for i, path in enumerate(rows["image_path"]):
-                with Image.open(path) as img:
-                    x[i] = resize_for_model(img.convert("RGB"), size)
-                bar.update()
-            x.flush()
-            del x
-            np.save(tmp / f"{split}_y.npy", rows["label"].map(index).to_numpy(np.int32))
-            counts[split] = len(rows)
-    return counts
+from rarespecies.config import paths
+from rarespecies.config.params import load_params
+from rarespecies.core.console import Debug, run_command, run_stage
+from rarespecies.core.files import read_json
+from rarespecies.data.preprocess import preprocess
 
 
-def main() -> None:
-    """Run the stage with `backbones.<backbone>.input_size` of params.yaml."""
-    from stages.cli_util import stage_main
-    from stages.params import load_params
+def work(backbone: str) -> str:
+    """Resize with `backbones.<backbone>.input_size` of params.yaml."""
+    size = load_params().backbone(backbone).input_size
+    counts = preprocess(paths.SPLIT_TABLE, read_json(paths.LABELS), paths.arrays_dir(backbone),
+                        size=size)
+    return f"{sum(counts.values())} images at {size}px ({counts})"
 
-    def work(backbone: str) -> str:
-        settings = load_params().backbone(backbone)
-        counts = preprocess(Path("artifacts/split/split.csv"),
-                            read_json("artifacts/split/labels.json"),
-                            Path(f"artifacts/arrays/{backbone}"), size=settings.input_size)
-        return f"{sum(counts.values())} images at {settings.input_size}px ({counts})"
 
-    stage_main("preprocess", work, per="backbone")
+def main(backbone: Annotated[str, typer.Argument(help="A key of `backbones` in params.yaml.")],
+         debug: Debug = False) -> None:
+    """Resize every image of every split to the backbone's input size."""
+    run_stage(f"preprocess@{backbone}", lambda: work(backbone), debug)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -6,8 +6,9 @@ the dotted path of params.yaml (`models.convnext_full.training.epochs`), to comp
 dvc.yaml declares.
 
 `python -m param_access OUT MODULE [ARGS...]` runs a stage module as `python -m MODULE ARGS`
-would, with `stages.params.load_params` returning the proxy, and writes the keys read to OUT
-(a JSON list). A fresh process per stage, as under `dvc repro`: no TensorFlow state shared.
+would, with `rarespecies.config.params.load_params` returning the proxy, and writes the keys
+read to OUT (a JSON list). A fresh process per stage, as under `dvc repro`: no TensorFlow
+state shared.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-OWN_MODULE = "stages.params"  # methods and properties defined here run on the proxy
+OWN_MODULE = "rarespecies.config.params"  # methods and properties defined here run on the proxy
 
 
 def join(path: str, key: object) -> str:
@@ -84,7 +85,8 @@ class _Proxy:
 
 
 class ModelProxy(_Proxy):
-    """A pydantic model: fields record their path; `stages.params` methods run on the proxy."""
+    """A pydantic model: fields record their path; `rarespecies.config.params` methods run on
+    the proxy."""
 
     __slots__ = ()
 
@@ -183,12 +185,12 @@ def unread(reads: Iterable[str], declared: Iterable[str]) -> list[str]:
 def main() -> None:
     """Run `python -m MODULE ARGS` recording its params reads; write them to OUT as JSON."""
     out, module, *args = sys.argv[1:]
-    import stages.params
+    import rarespecies.config.params
 
     reads: set[str] = set()
-    load = stages.params.load_params
-    # Stages import load_params inside main(), after this: they all get the recording one.
-    stages.params.load_params = lambda *a, **k: record(load(*a, **k), reads)
+    load = rarespecies.config.params.load_params
+    # The stage module is imported after this, so its `load_params` is the recording one.
+    rarespecies.config.params.load_params = lambda *a, **k: record(load(*a, **k), reads)
     os.environ["RARESPECIES_DEBUG"] = "1"  # a failure raises with its traceback, no exit(1)
     sys.argv = [module, *args]
     try:

@@ -41,7 +41,8 @@ def test_data_dvc_pinning_other_data_is_a_clear_error(dvc_project):
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]  # after the generator's progress bar
     assert "Traceback" not in proc.stderr
-    assert last.startswith("error: ") and "does not match data.dvc" in last and "dvc pull" in last
+    assert last.startswith("rarespecies ensure-data: error: ") and "does not match data.dvc" in last
+    assert "dvc pull" in last
 
 
 def test_sample_command_reports_what_it_wrote(tmp_path):
@@ -87,7 +88,8 @@ def test_acquire_outside_a_dvc_project_names_the_fix(tmp_path):
     proc = run("rarespecies", "acquire", "sample", "--tiny", cwd=tmp_path, check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert last.startswith("error: `dvc add data` failed") and "--no-version" in last
+    assert last.startswith("rarespecies acquire sample: error: `dvc add data` failed")
+    assert "--no-version" in last
     assert (tmp_path / "data/metadata.csv").is_file()  # the data is there, only unversioned
     run("rarespecies", "acquire", "sample", "--tiny", "--no-version", cwd=tmp_path)
 
@@ -97,9 +99,9 @@ def _eol_catalog(folder, server, faults: list[str]) -> None:
     import csv
     import hashlib
 
-    from conftest import EOL_SAMPLE
+    from conftest import EOL_SAMPLE, require_shared
 
-    with (EOL_SAMPLE / "metadata.csv").open(newline="") as handle:
+    with require_shared(EOL_SAMPLE / "metadata.csv").open(newline="") as handle:
         rows = sorted(csv.DictReader(handle),
                       key=lambda r: (EOL_SAMPLE / r["file_path"]).stat().st_size)[:len(faults)]
     catalog = [{"eol_content_id": r["eol_content_id"], "eol_page_id": r["eol_page_id"],
@@ -116,7 +118,7 @@ def _eol_catalog(folder, server, faults: list[str]) -> None:
 def test_acquire_eol_downloads_versions_and_feeds_ingest(tmp_path, monkeypatch):
     from eol_server import EolServer
 
-    from stages.ingest import ingest
+    from rarespecies.data.ingest import ingest
 
     from conftest import EOL_SAMPLE
 

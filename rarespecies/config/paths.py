@@ -1,0 +1,96 @@
+"""Every path the pipeline reads or writes, relative to the project root, defined once.
+
+dvc.yaml spells the same paths (it cannot import them); a stage passes them to the package's
+functions, which take plain paths. Per-model and per-backbone paths are functions of the name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+DVC_YAML = Path("dvc.yaml")
+DATA_DVC = Path("data.dvc")
+
+# ingest, validate, split
+INGEST_IMAGES = Path("artifacts/ingest/images")
+MANIFEST = Path("artifacts/ingest/manifest.csv")
+INGEST_REPORT = Path("reports/ingest.json")
+VALIDATION_REPORT = Path("reports/validation.json")
+VALIDATION_DOCS = Path("reports/validation_docs")
+SPLIT_TABLE = Path("artifacts/split/split.csv")
+LABELS = Path("artifacts/split/labels.json")
+SPLIT_REPORT = Path("reports/split.json")
+
+# Inside an arrays, features or export folder: `<split>_x.npy` inputs, `<split>_y.npy` classes.
+SPLITS = ("train", "val", "test")
+BACKBONE_WEIGHTS = "backbone.weights.h5"  # the frozen backbone that made a features folder
+
+
+def split_file(folder: Path, split: str, part: str) -> Path:
+    """`<folder>/<split>_<part>.npy`, part `x` (inputs) or `y` (class indices)."""
+    return Path(folder) / f"{split}_{part}.npy"
+
+
+def arrays_dir(backbone: str) -> Path:
+    """Images at a backbone's input size (preprocess@<backbone>)."""
+    return Path("artifacts/arrays") / backbone
+
+
+def features_dir(backbone: str) -> Path:
+    """A frozen backbone's features (features@<backbone>)."""
+    return Path("artifacts/features") / backbone
+
+
+def inputs_dir(inputs: str, backbone: str) -> Path:
+    """What a model trains on: `features` or `arrays` of its backbone."""
+    return features_dir(backbone) if inputs == "features" else arrays_dir(backbone)
+
+
+# train, evaluate, leaderboard
+def model_file(model: str) -> Path:
+    return Path("models") / model / "model.keras"
+
+
+def train_report(model: str) -> Path:
+    """Validation figures of a training (a DVC metric)."""
+    return Path("reports/train") / f"{model}.json"
+
+
+def live_dir(model: str) -> Path:
+    """dvclive's per-epoch curves."""
+    return Path("dvclive") / model
+
+
+def checkpoint_dir(model: str) -> Path:
+    """Per-epoch checkpoints of an unfinished training (outside DVC's outputs)."""
+    return Path("checkpoints") / model
+
+
+def test_metrics(model: str) -> Path:
+    return Path("metrics/models") / f"{model}.json"
+
+
+def families_table(model: str) -> Path:
+    """Per-family precision, recall and F1 on the test split (a DVC plot)."""
+    return Path("reports/families") / f"{model}.csv"
+
+
+def confusion_pairs(model: str) -> Path:
+    return Path("plots") / model / "confusion.csv"
+
+
+LEADERBOARD = Path("reports/leaderboard.md")
+
+# select, export, quantize, benchmark, model card
+EXPORT_DIR = Path("artifacts/export")
+CHOICE = EXPORT_DIR / "choice.json"
+ONNX_FILE = Path("export/model.onnx")  # a stable path for downstream tools
+EXPORT_METRICS = Path("metrics/export.json")
+INT8_DIR = Path("export/int8")
+INT8_FILE = INT8_DIR / "model.onnx"
+INT8_NOTE = INT8_DIR / "NOT_SHIPPED.txt"
+QUANTIZE_METRICS = Path("metrics/quantize.json")
+BENCHMARK_METRICS = Path("metrics/benchmark.json")
+BENCHMARK_REPORT = Path("reports/benchmark.md")
+MODEL_CARD = Path("reports/model_card.md")

@@ -1,0 +1,128 @@
+"""The selected model to ONNX (the export stage), with its labels and provenance, behind a
+parity gate.
+
+The ONNX model takes RGB uint8 pixels [N, S, S, 3] and returns family probabilities; its
+preprocessing is inside the graph. If its probabilities differ from the Keras model's by more
+than `export.parity_tolerance`, or their top-1 families agree on fewer than
+`export.min_top1_agreement` of the test split, the export fails and no file is kept.
+
+The file's bytes depend only on the model, its data and its settings: provenance that changes
+from run to run (the git state, durations) goes to the log and the promotion registry, never
+into the model, so a fresh clone's `dvc repro` gives the same file and DVC's run cache holds
+one result per input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from rarespecies.config import paths
+from rarespecies.config.params import BackboneParams, ExportParams
+from rarespecies.core.files import read_json, write_json
+from rarespecies.export.convert import (
+    ParityError,
+    check_parity,
+    convert_to_onnx,
+    inference_model,
+    parity,
+)
+from rarespecies.modeling.datasets import load_split
+from rarespecies.modeling.features import load_backbone
+from rarespecies.modeling.heads import HEAD
+from rarespecies.modeling.models import BACKBONE
+from rarespecies.runtime.images import RESIZE_METHOD
+
+
+def load_inference_model(export_dir: Path):
+    """Rebuild the chosen model from the select stage's folder, taking uint8 pixels.
+
+    Args:
+        export_dir: output of the select stage (`choice.json`, `model.keras`, and for a head
+            on cached features the `backbone.weights.h5` that produced them).
+
+    Returns:
+        The Keras model `[N, S, S, 3]` uint8 -> probabilities.
+    """
+    import keras
+
+    choice = read_json(export_dir / "choice.json")
+    trained = keras.models.load_model(export_dir / "model.keras")
+    if choice["inputs"] == "features":
+        backbone = load_backbone(BackboneParams(**choice["backbone"]),
+                                 export_dir / paths.BACKBONE_WEIGHTS)
+        head = trained
+    else:  # trained end to end: drop the augmentation, keep its backbone and head
+        backbone, head = trained.get_layer(BACKBONE), trained.get_layer(HEAD)
+    return inference_model(backbone, head, choice["backbone"]["input_size"])
+
+
+def provenance(choice: dict, labels: list[str], data_dvc: Path,
+               normalize_max_side: int) -> dict[str, str]:
+    """Metadata written into the ONNX file (string values, as ONNX requires).
+
+    `normalize_max_side` and `resize_method` let a consumer prepare images exactly as the
+    pipeline did: decode to at most that side (ingest), then resize to the input (preprocess).
+    """
+    size = choice["backbone"]["input_size"]
+    params_json = json.dumps({"backbone": choice["backbone"], "model": choice["settings"]},
+                             sort_keys=True)
+    data_hash = yaml.safe_load(data_dvc.read_text())["outs"][0]["md5"]
+    return {
+        "model_name": choice["model"],
+        "selection": choice["reason"],
+        "labels": json.dumps(labels),
+        "input_size": str(size),
+        "input_layout": "NHWC",
+        "input_dtype": "uint8",
+        "color_order": "RGB",
+        "pixel_range": "0-255",
+        "normalize_max_side": str(normalize_max_side),
+        "resize_method": RESIZE_METHOD.format(size=size, max_side=normalize_max_side),
+        "backbone": choice["backbone"]["architecture"],
+        "backbone_weights": str(choice["backbone"]["weights"]),
+        "params_sha256": hashlib.sha256(params_json.encode()).hexdigest()[:16],
+        "params": params_json,
+        "data_dvc_md5": data_hash,
+        "test_macro_f1": f"{choice['test_metrics']['macro_f1']:.4f}",
+    }
+
+
+def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: Path,
+           normalize_max_side: int) -> dict:
+    """Convert, check parity on the test split, and keep the file only if it passes.
+
+    Args:
+        export_dir: output of the select stage.
+        params: export settings (opset, tolerance).
+        out_path: the ONNX file to write.
+        report_path: JSON with the choice and the parity figures.
+        normalize_max_side: `ingest.max_side`, recorded for consumers of the model.
+
+    Returns:
+        The report.
+    """
+    choice = read_json(export_dir / "choice.json")
+    # data.dvc cannot be a DVC dependency (DVC refuses .dvc files); its hash is the `data`
+    # dependency of ingest, so a change to it reruns this stage anyway.
+    metadata = provenance(choice, read_json(export_dir / "labels.json"), paths.DATA_DVC,
+                          normalize_max_side)
+    keras_model = load_inference_model(export_dir)
+    convert_to_onnx(keras_model, out_path, params.opset, metadata)
+    images, _ = load_split(export_dir, "test")
+    report = {"model": choice["model"], "reason": choice["reason"]}
+    report |= parity(keras_model, out_path, np.asarray(images))
+    report |= {"tolerance": params.parity_tolerance,
+               "min_top1_agreement": params.min_top1_agreement, "opset": params.opset,
+               "onnx_mb": round(out_path.stat().st_size / 2**20, 1)}
+    try:
+        check_parity(report, params.parity_tolerance, params.min_top1_agreement)
+    except ParityError:
+        out_path.unlink(missing_ok=True)
+        raise
+    write_json(report_path, report)
+    return report

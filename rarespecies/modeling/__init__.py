@@ -1,0 +1,1 @@
+"""Layer 4 (Keras): backbones, heads, training, checkpoints, features and evaluation."""

@@ -1,0 +1,99 @@
+"""INT8 quantization: a valid smaller model with the fp32 metadata, shipped only past its gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import pytest
+
+from rarespecies.config.params import QuantizeParams
+from rarespecies.export.convert import convert_to_onnx, inference_model
+from rarespecies.export.quantize import compare, quantize, quantize_model
+from rarespecies.modeling.backbones import build_backbone
+from rarespecies.runtime.session import read_metadata
+
+pytestmark = pytest.mark.slow
+SIZE, CLASSES = 32, 4
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    keras.utils.set_random_seed(5)
+    head = keras.Sequential([keras.Input((768,)), keras.layers.Dense(32, activation="gelu"),
+                             keras.layers.Dense(CLASSES, activation="softmax")])
+    model = inference_model(build_backbone("ConvNeXtTiny", SIZE, None), head, SIZE)
+    path = tmp_path_factory.mktemp("fp32") / "model.onnx"
+    return convert_to_onnx(model, path, 17, {"labels": '["a", "b", "c", "d"]'})
+
+
+@pytest.fixture
+def export_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "test_x.npy", rng.integers(0, 256, (12, SIZE, SIZE, 3), dtype=np.uint8))
+    np.save(tmp_path / "test_y.npy", np.arange(12, dtype=np.int32) % CLASSES)
+    return tmp_path
+
+
+def test_dynamic_matmul_int8_is_valid_smaller_and_keeps_the_metadata(fp32, tmp_path):
+    out = quantize_model(fp32, tmp_path / "int8.onnx", QuantizeParams())
+    onnx.checker.check_model(str(out), full_check=True)
+    assert out.stat().st_size < fp32.stat().st_size / 2  # MatMul weights are most of ConvNeXt
+    metadata = read_metadata(out)
+    assert metadata["labels"] == '["a", "b", "c", "d"]'
+    assert metadata["quantization"] == "dynamic INT8 (per-tensor weights) on MatMul"
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+
+
+def test_static_quantization_needs_calibration_images(fp32, tmp_path):
+    with pytest.raises(ValueError, match="calibration images"):
+        quantize_model(fp32, tmp_path / "int8.onnx", QuantizeParams(method="static"))
+
+
+def _fake_predictions(monkeypatch, fp32: Path, fp32_top1: np.ndarray,
+                      int8_top1: np.ndarray) -> None:
+    """Make `predict` return these classes, one-hot: `fp32_top1` for `fp32`, else `int8_top1`."""
+    import rarespecies.export.quantize as module
+
+    def predict(path, images):
+        top1 = fp32_top1 if Path(path) == fp32 else int8_top1
+        return np.eye(CLASSES, dtype=np.float32)[top1]
+
+    monkeypatch.setattr(module, "predict", predict)
+
+
+@pytest.mark.parametrize(("int8_wrong", "shipped"), [(0, True), (1, False)])
+def test_gate_ships_only_within_the_allowed_drop(fp32, tmp_path, monkeypatch, int8_wrong,
+                                                 shipped):
+    labels = np.arange(40) % CLASSES
+    int8 = labels.copy()
+    int8[:int8_wrong] = (int8[:int8_wrong] + 1) % CLASSES  # one error costs ~2.5 points
+    _fake_predictions(monkeypatch, fp32, labels, int8)
+    other = tmp_path / "int8.onnx"
+    other.write_bytes(fp32.read_bytes())
+    report = compare(fp32, other, np.zeros((40, 1), np.uint8), labels, max_f1_drop=0.01)
+    assert report["shipped"] is shipped and report["fp32_macro_f1"] == 1.0
+    assert report["macro_f1_drop"] == pytest.approx(1.0 - report["int8_macro_f1"])
+    assert ("within" if shipped else "more than") in report["reason"]
+
+
+def test_stage_ships_the_int8_model_when_it_passes(fp32, export_dir, tmp_path):
+    out = tmp_path / "export/int8"
+    report = quantize(fp32, export_dir, out, QuantizeParams(max_f1_drop=1.0),
+                      tmp_path / "quantize.json")
+    assert report["shipped"] and report["images"] == 12
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
+    assert 0 <= report["int8_macro_f1"] <= 1 and 0 <= report["top1_agreement"] <= 1
+
+
+def test_stage_keeps_a_note_instead_of_a_failing_model(fp32, export_dir, tmp_path, monkeypatch):
+    labels = np.load(export_dir / "test_y.npy")
+    _fake_predictions(monkeypatch, fp32, labels, (labels + 1) % CLASSES)
+    out = tmp_path / "export/int8"
+    report = quantize(fp32, export_dir, out, QuantizeParams(), tmp_path / "quantize.json")
+    assert not report["shipped"] and report["int8_macro_f1"] == 0.0
+    assert sorted(p.name for p in out.iterdir()) == ["NOT_SHIPPED.txt"]
+    assert "drop of 100.00 points" in (out / "NOT_SHIPPED.txt").read_text()

@@ -1,0 +1,200 @@
+"""The whole pipeline on the tiny profile: outputs, parity, reruns exactly what changed."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import project_copy, ran_stages, run
+
+pytestmark = pytest.mark.slow
+MODELS = ("custom_cnn", "inception_resnet_v2", "densenet121", "convnext_mini", "convnext_full")
+BACKBONES = ("pixels", "convnext_base", "densenet121", "inception_resnet_v2")
+
+
+def test_first_repro_runs_every_stage(reproduced):
+    _, output = reproduced
+    assert ran_stages(output) == {
+        "ingest", "validate", "split", *(f"preprocess@{b}" for b in BACKBONES),
+        "features@convnext_base", *(f"train@{m}" for m in MODELS),
+        *(f"evaluate@{m}" for m in MODELS), "leaderboard", "select", "export", "quantize",
+        "benchmark", "model_card"}
+
+
+def test_metrics_plots_and_reports_are_written(reproduced):
+    project, _ = reproduced
+    labels = json.loads((project / "artifacts/split/labels.json").read_text())
+    for model in MODELS:
+        metrics = json.loads((project / f"metrics/models/{model}.json").read_text())
+        assert 0 <= metrics["macro_f1"] <= 1 and metrics["classes"] == len(labels)
+        assert metrics["test_images"] >= len(labels)
+        assert (project / f"dvclive/{model}/plots/metrics/train/loss.tsv").is_file()
+        confusion = (project / f"plots/{model}/confusion.csv").read_text().splitlines()
+        assert confusion[0] == "actual,predicted" and len(confusion) == metrics["test_images"] + 1
+    shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=project).stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {*(f"metrics/models/{m}.json" for m in MODELS), "metrics/benchmark.json"} <= set(files)
+    board = (project / "reports/leaderboard.md").read_text()
+    assert all(f"| {m} |" in board for m in MODELS) and "majority class (baseline)" in board
+    ingest = json.loads((project / "reports/ingest.json").read_text())
+    assert ingest["quarantined"] == 0 and ingest["ingested"] == ingest["metadata_rows"]
+    assert json.loads((project / "reports/validation.json").read_text())["success"]
+
+
+def test_onnx_export_passes_parity_and_carries_provenance(reproduced):
+    from rarespecies.runtime.session import read_metadata
+
+    project, _ = reproduced
+    report = json.loads((project / "metrics/export.json").read_text())
+    assert report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
+    assert report["model"] == "convnext_full"
+    assert report["reason"] == "export.model names convnext_full"
+    metadata = read_metadata(project / "export/model.onnx")
+    assert metadata["model_name"] == "convnext_full" and metadata["backbone"] == "ConvNeXtTiny"
+    labels = json.loads((project / "artifacts/split/labels.json").read_text())
+    assert json.loads(metadata["labels"]) == labels
+    assert metadata["input_size"] == "32" and metadata["input_dtype"] == "uint8"
+    assert metadata["normalize_max_side"] == "96"  # the tiny profile's ingest.max_side
+    data_md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+    assert metadata["data_dvc_md5"] == data_md5
+    # Nothing that changes from run to run is in the file: its bytes depend on the model only.
+    assert "git_revision" not in metadata and "convert_seconds" not in report
+    macro_f1 = json.loads((project / "metrics/models/convnext_full.json").read_text())["macro_f1"]
+    assert metadata["test_macro_f1"] == f"{macro_f1:.4f}"
+
+
+def _onnx_top1(path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0].argmax(1)
+
+
+def test_int8_variant_benchmark_and_model_card(reproduced):
+    from rarespecies.export.benchmark import BenchmarkReport
+    from rarespecies.runtime.session import read_metadata
+
+    project, _ = reproduced
+    quantized = json.loads((project / "metrics/quantize.json").read_text())
+    int8 = project / "export/int8/model.onnx"
+    assert int8.is_file() == quantized["shipped"]
+    assert int8.is_file() or (project / "export/int8/NOT_SHIPPED.txt").is_file()
+    if int8.is_file():
+        assert read_metadata(int8)["labels"] == read_metadata(project / "export/model.onnx")[
+            "labels"]
+        # Independently of the stage's own report: both files, same test images, onnxruntime.
+        images = np.load(project / "artifacts/export/test_x.npy")
+        fp32_top1, int8_top1 = (_onnx_top1(path, images) for path in
+                                (project / "export/model.onnx", int8))
+        assert np.mean(fp32_top1 == int8_top1) == pytest.approx(quantized["top1_agreement"])
+        assert quantized["top1_agreement"] >= 0.9
+    bench = json.loads((project / "metrics/benchmark.json").read_text())
+    BenchmarkReport.model_validate(bench)  # strict: no missing, extra or impossible figure
+    assert ("onnxruntime_int8" in bench) == int8.is_file()
+    assert bench["threads"] >= 1 and bench["input_size"] == 32
+    table = (project / "reports/benchmark.md").read_text()
+    assert "| onnxruntime fp32 |" in table and "| Keras `model.predict` |" in table
+    card = (project / "reports/model_card.md").read_text()
+    macro_f1 = json.loads((project / "metrics/models/convnext_full.json").read_text())["macro_f1"]
+    assert "# Model card: convnext_full" in card and f"| {macro_f1:.4f} |" in card
+    assert "reports/benchmark.md" in card and "Worst families:" in card
+
+
+def test_second_repro_runs_nothing(reproduced):
+    project, _ = reproduced
+    again = run("dvc", "repro", cwd=project)
+    assert ran_stages(again.stdout) == set()
+    assert json.loads(run("dvc", "status", "--json", cwd=project).stdout) == {}
+
+
+def _repro_with(project, change) -> set[str]:
+    """Stages a `dvc repro` runs after `change(params)`; params.yaml is restored afterwards."""
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    change(params)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        return ran_stages(run("dvc", "repro", cwd=project).stdout)
+    finally:
+        params_file.write_text(original)
+        run("dvc", "repro", cwd=project)  # back to the committed state (from the run cache)
+
+
+def test_head_parameter_reruns_only_that_model_and_export(reproduced):
+    project, _ = reproduced
+
+    def change(params):
+        params["models"]["convnext_full"]["training"]["learning_rate"] = 0.0005
+
+    # Not features@convnext_base: a head never reruns its backbone.
+    assert _repro_with(project, change) == {"train@convnext_full", "evaluate@convnext_full",
+                                            "leaderboard", "select", "export", "quantize",
+                                            "benchmark", "model_card"}
+
+
+def test_other_model_parameter_leaves_export_alone(reproduced):
+    project, _ = reproduced
+
+    def change(params):
+        params["models"]["custom_cnn"]["head"]["dropout"] = 0.1
+
+    # select sees the same choice and writes the same folder, so DVC skips export.
+    assert _repro_with(project, change) == {"train@custom_cnn", "evaluate@custom_cnn",
+                                            "leaderboard", "select"}
+
+
+def test_export_best_picks_the_highest_validation_f1(reproduced, tmp_path):
+    from rarespecies.config.params import load_params
+    from rarespecies.export.select import select
+
+    project, _ = reproduced
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["export"]["model"] = "best"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    choice = select(load_params(tmp_path / "params.yaml"), project, tmp_path / "export")
+    scores = {m: json.loads((project / f"reports/train/{m}.json").read_text())["val_macro_f1"]
+              for m in MODELS}
+    assert scores[choice["model"]] == max(scores.values())
+    assert choice["reason"].startswith("export.model is best: highest validation macro F1")
+    assert (tmp_path / "export/model.keras").is_file()
+
+
+def test_experiment_reports_the_changed_metric(reproduced, tmp_path):
+    """`dvc exp run -S` on a head parameter; `dvc metrics diff` and `dvc exp show` report it."""
+    project = project_copy(reproduced[0], tmp_path / "project", commit=True)
+    start = time.perf_counter()
+    output = run("dvc", "exp", "run", "-n", "short-head",
+                 "-S", "models.convnext_full.training.epochs=1", cwd=project).stdout
+    print(f"head-only experiment on the tiny profile: {time.perf_counter() - start:.1f} s")
+    assert "features@convnext_base" not in ran_stages(output)
+    diff = json.loads(run("dvc", "metrics", "diff", "--json", cwd=project).stdout)
+    assert diff["reports/train/convnext_full.json"]["epochs"]["new"] == 1
+    assert "reports/train/custom_cnn.json" not in diff  # nothing else retrained
+    shown = json.loads(run("dvc", "exp", "show", "--json", cwd=project).stdout)
+    experiments = [exp for commit in shown for exp in commit.get("experiments") or []]
+    ours = next(exp for exp in experiments if exp["name"] == "short-head")
+    data = ours["revs"][0]["data"]
+    epochs = data["metrics"]["reports/train/convnext_full.json"]["data"]["epochs"]
+    params = data["params"]["params.yaml"]["data"]["models"]["convnext_full"]
+    assert epochs == 1 and params["training"]["epochs"] == 1
+
+
+def test_export_keeps_no_file_when_parity_fails(reproduced, monkeypatch, tmp_path):
+    import rarespecies.export.export as module
+    from rarespecies.config.params import load_params
+    from rarespecies.export.convert import ParityError
+    from rarespecies.export.export import export
+
+    project, _ = reproduced
+    monkeypatch.chdir(project)
+    real_parity = module.parity
+    monkeypatch.setattr(module, "parity",
+                        lambda *a, **k: real_parity(*a, **k) | {"max_abs_diff": 0.25})
+    params = load_params(project / "params.yaml")
+    out, report = tmp_path / "model.onnx", tmp_path / "export.json"
+    with pytest.raises(ParityError, match=r"0\.25"):
+        export(project / "artifacts/export", params.export, out, report, params.ingest.max_side)
+    assert not out.exists() and not report.exists()

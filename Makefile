@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11, git and make:
 #   make repro   run the whole pipeline on the data pinned by data.dvc
-#   make test    run the test suite
+#   make test    run the test suite (make test-fast: the quick tier, no model training)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: help repro test data install lint clean
+.PHONY: help repro test test-fast data install lint clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make repro  - install, make sure data/ is present, run 'dvc repro'"
 	@echo "make test   - install, make sure data/ is present, run the tests"
+	@echo "make test-fast - the quick tier: no model training, under 3 minutes"
 	@echo "make lint   - ruff"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -32,13 +33,18 @@ data: $(STAMP)
 repro: data
 	$(BIN)/dvc repro
 	@echo
-	@echo "Metrics:  $(BIN)/dvc metrics show   (files: metrics/*.json)"
-	@echo "Plots:    $(BIN)/dvc plots show     (writes dvc_plots/index.html)"
+	@echo "First:    source .venv/bin/activate   (then dvc, rarespecies, python -m flows...)"
+	@echo "Metrics:  dvc metrics show   (files: metrics/*.json)"
+	@echo "Plots:    dvc plots show     (writes dvc_plots/index.html)"
 	@echo "Models:   reports/leaderboard.md"
 	@echo "ONNX:     export/model.onnx  (benchmark: metrics/benchmark.json)"
 
 test: data
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

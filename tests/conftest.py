@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
 BIN = Path(sys.executable).parent
 # Real EOL photos and the dataset's full metadata (test use only, never copied into the
 # repository): RARESPECIES_SHARED_DATA if set, else ../shared/data beside the project, as on the
@@ -207,6 +209,36 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reproduced(tiny_project: Path) -> tuple[Path, str]:
     """The tiny project after one full `dvc repro`, with that run's output."""
     return tiny_project, run("dvc", "repro", cwd=tiny_project).stdout
+
+
+@dataclass(frozen=True)
+class FreshClone:
+    """The reproduced tiny project, committed, cloned and run again from nothing."""
+
+    source: Path  # the committed project (its dvc.lock and metrics are the reference)
+    clone: Path  # a git clone, run with an empty DVC cache and regenerated data
+    output: str  # what its `dvc repro` printed
+    reads: Path  # <stage>.json: the params.yaml keys each stage process read
+
+
+@pytest.fixture(scope="session")
+def fresh_clone(reproduced: tuple[Path, str],
+                tmp_path_factory: pytest.TempPathFactory) -> FreshClone:
+    """A fresh clone's whole pipeline run, shared by the reproducibility and declared-params
+    tests: every stage runs as DVC runs it, each process recording the params it reads
+    (tests/recording/sitecustomize.py)."""
+    work = tmp_path_factory.mktemp("fresh-clone")
+    source = project_copy(reproduced[0], work / "source", commit=True)
+    clone, reads = work / "clone", work / "reads"
+    reads.mkdir()
+    run("git", "clone", "-q", str(source), str(clone), cwd=work)
+    run("dvc", "cache", "dir", "--local", str(work / "cache"), cwd=clone)
+    run(sys.executable, "-m", "rarespecies.cli", "sample", "--tiny", "--out", "data", cwd=clone)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS / "recording"), str(TESTS)]))
+        patch.setenv("RARESPECIES_PARAM_READS", str(reads))
+        output = run("dvc", "repro", cwd=clone).stdout
+    return FreshClone(source, clone, output, reads)
 
 
 def project_copy(source: Path, target: Path, commit: bool = False) -> Path:

@@ -5,17 +5,19 @@ reads but dvc.yaml does not declare leaves stale outputs. The proxy records ever
 the dotted path of params.yaml (`models.convnext_full.training.epochs`), to compare with what
 dvc.yaml declares.
 
-`python -m param_access OUT MODULE [ARGS...]` runs a stage module as `python -m MODULE ARGS`
-would, with `rarespecies.config.params.load_params` returning the proxy, and writes the keys
-read to OUT (a JSON list). A fresh process per stage, as under `dvc repro`: no TensorFlow
-state shared.
+`install(folder)` makes `rarespecies.config.params.load_params` return the proxy in this
+process, as soon as that module is imported, and writes the keys read to
+`folder/<stage>.json` when the process ends. `tests/recording/sitecustomize.py` calls it in
+every Python process of a `dvc repro` run with RARESPECIES_PARAM_READS set: the stages run
+exactly as DVC runs them, and are recorded on the way.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.abc
+import importlib.util
 import json
-import os
-import runpy
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
@@ -182,22 +184,47 @@ def unread(reads: Iterable[str], declared: Iterable[str]) -> list[str]:
                   if not any(covered(r, [d]) or covered(d, [r]) for r in reads))
 
 
-def main() -> None:
-    """Run `python -m MODULE ARGS` recording its params reads; write them to OUT as JSON."""
-    out, module, *args = sys.argv[1:]
-    import rarespecies.config.params
+def stage_name(argv: list[str]) -> str | None:
+    """`python -m stages.train convnext_full` -> `train@convnext_full`; None for other
+    programs."""
+    if "-m" not in argv[:-1] or not argv[argv.index("-m") + 1].startswith("stages."):
+        return None
+    module, *args = argv[argv.index("-m") + 1:]
+    names = [a for a in args if not a.startswith("-")]
+    return module.removeprefix("stages.") + "".join(f"@{name}" for name in names[:1])
 
+
+class _RecordOnImport(importlib.abc.MetaPathFinder):
+    """Wraps `load_params` right after the params module is executed."""
+
+    def __init__(self, reads: set[str]) -> None:
+        self.reads = reads
+
+    def find_spec(self, name, path, target=None):
+        if name != OWN_MODULE:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        execute, reads = spec.loader.exec_module, self.reads
+
+        def exec_module(module: types.ModuleType) -> None:
+            execute(module)
+            load = module.load_params
+            module.load_params = lambda *a, **k: record(load(*a, **k), reads)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def install(folder: str | Path) -> None:
+    """Record this process's params reads into `folder/<stage>.json`, if it is a stage."""
+    name = stage_name(sys.orig_argv)
+    if name is None:
+        return
     reads: set[str] = set()
-    load = rarespecies.config.params.load_params
-    # The stage module is imported after this, so its `load_params` is the recording one.
-    rarespecies.config.params.load_params = lambda *a, **k: record(load(*a, **k), reads)
-    os.environ["RARESPECIES_DEBUG"] = "1"  # a failure raises with its traceback, no exit(1)
-    sys.argv = [module, *args]
-    try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-    finally:
-        Path(out).write_text(json.dumps(sorted(reads)))
-
-
-if __name__ == "__main__":
-    main()
+    sys.meta_path.insert(0, _RecordOnImport(reads))
+    out = Path(folder) / f"{name}.json"
+    atexit.register(lambda: out.write_text(json.dumps(sorted(reads))))

@@ -21,6 +21,7 @@ import onnxruntime as ort
 import tensorflow as tf
 
 from rarespecies.core.files import atomic_path
+from rarespecies.export.canonical import canonicalize
 from rarespecies.runtime.session import INPUT_NAME, OUTPUT_NAME
 
 _fixes_registered = False
@@ -96,6 +97,7 @@ def convert_to_onnx(model: keras.Model, path: Path, opset: int, metadata: dict[s
     for value_info in (*proto.graph.input, *proto.graph.output):
         # tf2onnx names the dynamic batch dimension "unk__<n>"; give it a readable name.
         value_info.type.tensor_type.shape.dim[0].dim_param = "batch"
+    canonicalize(proto.graph)
     for key, value in metadata.items():
         proto.metadata_props.add(key=str(key), value=str(value))
     path = Path(path)

@@ -187,6 +187,16 @@ def test_data_docs_are_built_and_replaced_whole(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs"]  # no temporary folder left
 
 
+def test_data_docs_are_byte_for_byte_reproducible(tmp_path):
+    """The site is a DVC output: GX's clock and random ids must not change its hash."""
+    sites = []
+    for name in ("a", "b"):
+        check(manifest(CLEAN), docs_dir=tmp_path / name)
+        sites.append({p.relative_to(tmp_path / name): p.read_bytes()
+                      for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
+    assert sites[0] == sites[1] and len(sites[0]) > 5
+
+
 def stage(tmp_path: Path, strict: bool):
     """Run `python -m stages.validate` in `tmp_path` on a manifest with 2 failures."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -80,6 +80,14 @@ def test_onnx_file_is_valid_with_dynamic_uint8_batch(onnx_file: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_same_model_gives_the_same_bytes(classifier, onnx_file, tmp_path) -> None:
+    """tf2onnx numbers the names it makes from a process-wide counter: a second conversion in
+    this process starts elsewhere, and still the file comes out identical."""
+    again = convert_to_onnx(classifier, tmp_path / "again.onnx", 17, METADATA)
+    assert again.read_bytes() == onnx_file.read_bytes()
+
+
+@pytest.mark.slow
 def test_metadata_round_trip(onnx_file: Path) -> None:
     assert read_metadata(onnx_file) == METADATA
 

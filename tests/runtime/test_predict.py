@@ -88,7 +88,7 @@ def test_images_are_prepared_as_the_pipeline_prepared_them(model):
         assert pixels.shape == expected.shape and difference.mean() < 2.0
 
 
-def test_base_install_predicts_without_tensorflow(model, tmp_path):
+def test_base_install_is_the_package_alone_and_predicts_without_tensorflow(model, tmp_path):
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", str(venv), cwd=tmp_path)
     # The base install only: no [pipeline] extra, so no TensorFlow, Keras, DVC or Prefect.
@@ -96,6 +96,19 @@ def test_base_install_predicts_without_tensorflow(model, tmp_path):
         str(ROOT / "constraints.txt"), str(ROOT), cwd=tmp_path)
     absent = run(str(venv / "bin/python"), "-c", "import tensorflow", cwd=tmp_path, check=False)
     assert "No module named 'tensorflow'" in absent.stderr
+    shown = run(str(venv / "bin/python"), "-m", "pip", "show", "-f", "rarespecies",
+                cwd=tmp_path).stdout
+    files = [line.strip() for line in shown.split("Files:")[1].splitlines() if line.strip()]
+    tops = {name.split("/")[0] for name in files if not name.startswith("..")}
+    assert tops == {"rarespecies", "rarespecies-0.1.0.dist-info"}  # no stages/, no flows/
+    assert "rarespecies/data/expectations/manifest.json" in files
     proc = run(str(venv / "bin/rarespecies"), "predict", str(model), str(EOL_SAMPLE / GRAYSCALE),
                "--json", cwd=tmp_path)
     assert json.loads(proc.stdout)["error"] is None
+    (tmp_path / "c.csv").write_text("eol_content_id\n")
+    for command in (["ensure-data"], ["acquire", "eol", "--catalog", "c.csv"],
+                    ["acquire", "huggingface"], ["sample", "--out", "d"]):
+        proc = run(str(venv / "bin/rarespecies"), *command, cwd=tmp_path, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, command
+        assert len(proc.stderr.strip().splitlines()) == 1, (command, proc.stderr)
+        assert "pip install '.[pipeline]'" in proc.stderr, (command, proc.stderr)

@@ -1,8 +1,8 @@
 """Every params.yaml key a stage's code reads is declared under its `params:` in dvc.yaml.
 
 DVC reruns a stage only when a declared key changes: an undeclared read leaves its outputs
-stale, silently. Each stage's own code is run (through `param_access`, which records the keys
-read) in a copy of the reproduced tiny project and compared with what `dvc.lock` says the
+stale, silently. Every stage of the fresh clone's pipeline run (conftest's `fresh_clone`)
+records the keys it reads (`param_access`), which are compared with what `dvc.lock` says the
 stage declares. Only the code paths the tiny profile takes are seen.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +20,8 @@ from param_access import covered, record, undeclared, unread
 
 from rarespecies.config.params import FullHead, Params, parse_params
 
-from conftest import ROOT, run, tiny_params
+from conftest import ROOT, TESTS, run, tiny_params
 
-TESTS = Path(__file__).parents[1]
 DVC_STAGES: dict = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 Runs = dict[str, tuple[set[str], list[str]]]
 
@@ -84,43 +81,35 @@ if __name__ == "__main__":
 '''
 
 
-def recorded_run(project: Path, out: Path, module: str, *args: str) -> set[str]:
-    """Run `python -m module args` in `project`, returning the params keys it read."""
-    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", path)
-        run(sys.executable, "-m", "param_access", str(out), module, *args, cwd=project)
-    return set(json.loads(out.read_text()))
-
-
-def test_runner_reports_a_fake_stage_reading_an_undeclared_key(tmp_path: Path):
-    """The runner's proxy reaches `load_params` as a stage imports it, via `stage_main`."""
+def test_the_recorder_sees_what_a_stage_reads(tmp_path: Path):
+    """The recording reaches `load_params` however the stage imports it, as in the fresh
+    clone's run: through tests/recording/sitecustomize.py in a stage's own process."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
-    (tmp_path / "fake_stage.py").write_text(FAKE_STAGE)
-    reads = recorded_run(tmp_path, tmp_path / "reads.json", "fake_stage", "convnext_full")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages/__init__.py").write_text("")
+    (tmp_path / "stages/fake.py").write_text(FAKE_STAGE)
+    (tmp_path / "reads").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS / "recording"), str(TESTS)]))
+        patch.setenv("RARESPECIES_PARAM_READS", str(tmp_path / "reads"))
+        run(sys.executable, "-m", "stages.fake", "convnext_full", cwd=tmp_path)
+    reads = set(json.loads((tmp_path / "reads/fake@convnext_full.json").read_text()))
     assert reads == {"models.convnext_full.training.epochs"}
     assert undeclared(reads, ["models.convnext_full.head"]) == [
         "models.convnext_full.training.epochs"]
 
 
 @pytest.fixture(scope="module")
-def stage_runs(reproduced: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    """Stage name (as dvc.lock expands it) -> (keys its code read, keys it declares).
-
-    Every stage reruns its command in a copy of the reproduced project (stages write
-    outputs; other tests expect the reproduced one unchanged), in dvc.yaml's order.
-    """
-    source, _ = reproduced
-    work = tmp_path_factory.mktemp("declared-params")
-    project = work / "project"
-    shutil.copytree(source, project, symlinks=True,
-                    ignore=lambda folder, _: ["cache", "tmp"] if folder.endswith(".dvc") else [])
+def stage_runs(fresh_clone) -> Runs:
+    """Stage name (as dvc.lock expands it) -> (keys its code read, keys it declares), from the
+    fresh clone's pipeline run, where every stage process recorded its reads."""
+    lock = yaml.safe_load((fresh_clone.clone / "dvc.lock").read_text())["stages"]
     runs: Runs = {}
-    for name, entry in yaml.safe_load((project / "dvc.lock").read_text())["stages"].items():
-        python, flag, module, *args = shlex.split(entry["cmd"])
-        assert (python, flag) == ("python", "-m"), f"{name}: unexpected cmd {entry['cmd']}"
-        reads = recorded_run(project, work / f"{name}.json", module, *args)
-        runs[name] = reads, list(entry.get("params", {}).get("params.yaml", {}))
+    for name, entry in lock.items():
+        recorded = fresh_clone.reads / f"{name}.json"
+        if recorded.is_file():  # stages restored from the cache did not run: nothing to record
+            runs[name] = (set(json.loads(recorded.read_text())),
+                          list(entry.get("params", {}).get("params.yaml", {})))
     return runs
 
 

@@ -1,0 +1,46 @@
+"""Stages that read every model's files list those files, one by one, for every model of
+dvc.yaml's `vars.trained`: never a whole folder of another stage, whose stale files would
+change the stage's hash and whose new files would go unnoticed."""
+
+import yaml
+from imports import ROOT
+
+from rarespecies.config import paths
+from rarespecies.config.plan import declared
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+TRAINED = declared(ROOT / "dvc.yaml")["trained"]
+
+
+def data_deps(stage: str) -> set[str]:
+    return {dep for dep in STAGES[stage]["deps"]
+            if dep.split("/")[0] not in ("rarespecies", "stages", "flows")}
+
+
+def per_model(*kinds) -> set[str]:
+    return {str(kind(model)) for model in TRAINED for kind in kinds}
+
+
+def test_leaderboard_reads_each_models_figures_and_the_split():
+    expected = per_model(paths.test_metrics, paths.train_report) | {str(paths.SPLIT_TABLE)}
+    assert data_deps("leaderboard") == expected
+
+
+def test_select_lists_what_it_may_copy_for_any_model():
+    expected = per_model(paths.model_file, paths.train_report, paths.test_metrics,
+                         paths.families_table) | {str(paths.LABELS)}
+    for entry in TRAINED.values():
+        arrays = paths.arrays_dir(entry["backbone"])
+        expected |= {str(paths.split_file(arrays, split, part))
+                     for split in ("train", "test") for part in "xy"}
+        if entry["inputs"] == "features":
+            expected.add(str(paths.features_dir(entry["backbone"]) / paths.BACKBONE_WEIGHTS))
+    assert data_deps("select") == expected
+
+
+def test_no_stage_depends_on_a_whole_folder_of_per_model_outputs():
+    folders = {"models", "metrics/models", "reports/train", "reports/families",
+               "artifacts/arrays", "artifacts/features"}
+    for name, entry in STAGES.items():
+        deps = set(entry.get("do", entry).get("deps", []))
+        assert not deps & folders, f"{name} depends on {sorted(deps & folders)}"

@@ -39,12 +39,13 @@ repro: data
 	@echo "Models:   reports/leaderboard.md"
 	@echo "ONNX:     export/model.onnx  (benchmark: metrics/benchmark.json)"
 
+# Two workers: the tests that share the tiny pipeline run stay on one (conftest.py).
 test: data
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

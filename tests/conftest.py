@@ -57,6 +57,17 @@ HEADER = ["rare_species_id", "eol_content_id", "eol_page_id", "kingdom", "phylum
           "file_path"]
 
 
+# Session fixtures that run the tiny pipeline: every test using one goes to the same pytest-xdist
+# worker (`make test` runs two), so each runs once per pytest run.
+PIPELINE_FIXTURES = {"tiny_project", "reproduced", "fresh_clone"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("pipeline"))
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """`override` over `base`, recursively for nested dictionaries."""
     merged = dict(base)
@@ -72,16 +83,18 @@ def tiny_params() -> dict:
     return deep_merge(base, yaml.safe_load((ROOT / "tests/profiles/tiny.yaml").read_text()))
 
 
-def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run(*args: str, cwd: Path, check: bool = True,
+        checkout_on_path: bool = True) -> subprocess.CompletedProcess:
     """Run a command with the test environment's executables first on PATH.
 
     `stages` and `flows` are not installed: outside a copy of the project (whose own folders
-    come first, from the working directory), they are the checkout's.
+    come first, from the working directory), they are the checkout's, unless
+    `checkout_on_path` is false (to try an installed package on its own).
     """
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
-                                                        os.environ.get("PYTHONPATH")])),
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    if checkout_on_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
@@ -225,7 +238,9 @@ class FreshClone:
 def fresh_clone(reproduced: tuple[Path, str],
                 tmp_path_factory: pytest.TempPathFactory) -> FreshClone:
     """A fresh clone's whole pipeline run, shared by the reproducibility and declared-params
-    tests: every stage runs as DVC runs it, each process recording the params it reads
+    tests: no DVC cache, the data regenerated and the metrics and plots git holds deleted, so
+    every stage runs as DVC runs it (or is checked out, when an earlier stage of the run made
+    its locked output), each process recording the params it reads
     (tests/recording/sitecustomize.py)."""
     work = tmp_path_factory.mktemp("fresh-clone")
     source = project_copy(reproduced[0], work / "source", commit=True)
@@ -234,6 +249,8 @@ def fresh_clone(reproduced: tuple[Path, str],
     run("git", "clone", "-q", str(source), str(clone), cwd=work)
     run("dvc", "cache", "dir", "--local", str(work / "cache"), cwd=clone)
     run(sys.executable, "-m", "rarespecies.cli", "sample", "--tiny", "--out", "data", cwd=clone)
+    for tracked in ("metrics", "reports", "plots", "dvclive"):  # git's outputs: made again too
+        shutil.rmtree(clone / tracked)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS / "recording"), str(TESTS)]))
         patch.setenv("RARESPECIES_PARAM_READS", str(reads))

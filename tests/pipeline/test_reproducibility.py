@@ -34,8 +34,8 @@ def test_a_second_workspace_sharing_the_cache_restores_every_stage(reproduced, t
 
 
 def test_a_fresh_clone_reproduces_the_committed_lock(fresh_clone: FreshClone):
-    """The whole pipeline again, with no cache: every output has the same bytes, so dvc.lock
-    and the metrics come out as committed; only the benchmark measures anew."""
+    """The whole pipeline again, with no cache and no metrics: every output has the same bytes,
+    so dvc.lock and the metrics come out as committed; only the benchmark measures anew."""
     clone, output = fresh_clone.clone, fresh_clone.output
     # Stages whose locked outputs an earlier stage of this run already made (identical
     # arrays at the tiny profile's one input size) are checked out rather than run.

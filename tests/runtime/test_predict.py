@@ -90,25 +90,29 @@ def test_images_are_prepared_as_the_pipeline_prepared_them(model):
 
 def test_base_install_is_the_package_alone_and_predicts_without_tensorflow(model, tmp_path):
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", str(venv), cwd=tmp_path)
+
+    def alone(*args: str, check: bool = True):
+        """In the new environment, without the checkout on PYTHONPATH."""
+        return run(*args, cwd=tmp_path, check=check, checkout_on_path=False)
+
+    alone(sys.executable, "-m", "venv", str(venv))
     # The base install only: no [pipeline] extra, so no TensorFlow, Keras, DVC or Prefect.
-    run(str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "-c",
-        str(ROOT / "constraints.txt"), str(ROOT), cwd=tmp_path)
-    absent = run(str(venv / "bin/python"), "-c", "import tensorflow", cwd=tmp_path, check=False)
+    alone(str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "-c",
+          str(ROOT / "constraints.txt"), str(ROOT))
+    absent = alone(str(venv / "bin/python"), "-c", "import tensorflow", check=False)
     assert "No module named 'tensorflow'" in absent.stderr
-    shown = run(str(venv / "bin/python"), "-m", "pip", "show", "-f", "rarespecies",
-                cwd=tmp_path).stdout
+    shown = alone(str(venv / "bin/python"), "-m", "pip", "show", "-f", "rarespecies").stdout
     files = [line.strip() for line in shown.split("Files:")[1].splitlines() if line.strip()]
     tops = {name.split("/")[0] for name in files if not name.startswith("..")}
     assert tops == {"rarespecies", "rarespecies-0.1.0.dist-info"}  # no stages/, no flows/
     assert "rarespecies/data/expectations/manifest.json" in files
-    proc = run(str(venv / "bin/rarespecies"), "predict", str(model), str(EOL_SAMPLE / GRAYSCALE),
-               "--json", cwd=tmp_path)
+    proc = alone(str(venv / "bin/rarespecies"), "predict", str(model),
+                 str(EOL_SAMPLE / GRAYSCALE), "--json")
     assert json.loads(proc.stdout)["error"] is None
     (tmp_path / "c.csv").write_text("eol_content_id\n")
     for command in (["ensure-data"], ["acquire", "eol", "--catalog", "c.csv"],
                     ["acquire", "huggingface"], ["sample", "--out", "d"]):
-        proc = run(str(venv / "bin/rarespecies"), *command, cwd=tmp_path, check=False)
+        proc = alone(str(venv / "bin/rarespecies"), *command, check=False)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, command
         assert len(proc.stderr.strip().splitlines()) == 1, (command, proc.stderr)
         assert "pip install '.[pipeline]'" in proc.stderr, (command, proc.stderr)

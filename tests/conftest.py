@@ -62,6 +62,7 @@ HEADER = ["rare_species_id", "eol_content_id", "eol_page_id", "kingdom", "phylum
 PIPELINE_FIXTURES = {"tiny_project", "reproduced", "fresh_clone"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):

@@ -1,20 +1,50 @@
-"""Stable names for a converted ONNX graph, so the same model always gives the same bytes.
+"""The same model converts to the same bytes: other bytes would be another DVC hash, a stage
+that never comes back from the run cache, and a fresh clone that disagrees with dvc.lock.
 
-tf2onnx names the nodes and constants its optimizers create from one process-wide counter
-(`Transpose__809`), and when it merges identical constants it keeps whichever copy it meets
-first. Converting the same model twice, or in another process, gives the same graph (same
-nodes, same order, same values) under other names: other bytes, another DVC hash, a stage that
-never comes back from the run cache. Renaming by position makes the bytes a function of the
-graph alone.
+tf2onnx 1.17 leaves two sources of variation. Its optimizers iterate over sets in an order
+that changes from run to run (`hash_nodes_by_creation` fixes it). And it names the nodes and
+constants it creates from one process-wide counter (`Transpose__809`), keeping whichever of
+two identical constants it meets first, so the same graph comes out under other names
+(`canonicalize` renames them by position).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import onnx
 
 _GENERATED = re.compile(r"__\d+")
+_creation = itertools.count()
+
+
+def hash_nodes_by_creation() -> None:
+    """Make tf2onnx's graph optimizers take the same decisions in every run; call it before
+    each conversion.
+
+    They keep nodes in sets hashed by memory address and list an output's consumers from a set
+    of names hashed by PYTHONHASHSEED, so which of two equivalent rewrites won (and whether a
+    redundant Reshape survived) changed from run to run. Here a node hashes as the number of
+    its creation in the current conversion, and consumers come in creation order.
+    """
+    global _creation
+    _creation = itertools.count()
+    from tf2onnx.graph import Graph, Node
+
+    if getattr(Node, "_hashed_by_creation", False):
+        return
+    made, consumers = Node.__init__, Graph.find_output_consumers
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._creation = next(_creation)
+        made(self, *args, **kwargs)
+
+    Node.__init__ = __init__
+    Node.__hash__ = lambda self: self._creation
+    Graph.find_output_consumers = lambda graph, output: sorted(
+        consumers(graph, output), key=lambda node: node._creation)
+    Node._hashed_by_creation = True
 
 
 def canonicalize(graph: onnx.GraphProto) -> None:

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import tensorflow as tf
 
 from rarespecies.core.files import atomic_path
-from rarespecies.export.canonical import canonicalize
+from rarespecies.export.canonical import canonicalize, hash_nodes_by_creation
 from rarespecies.runtime.session import INPUT_NAME, OUTPUT_NAME
 
 _fixes_registered = False
@@ -90,6 +90,7 @@ def convert_to_onnx(model: keras.Model, path: Path, opset: int, metadata: dict[s
     import tf2onnx
 
     register_tf2onnx_fixes()
+    hash_nodes_by_creation()
     _, height, width, channels = model.inputs[0].shape
     signature = (tf.TensorSpec([None, height, width, channels], tf.uint8, name=INPUT_NAME),)
     with _quiet_tf2onnx():

@@ -3,8 +3,9 @@
 Each of the five models of params.yaml is trained and scored with the stage code itself
 (ingest, split, preprocess, features, train, evaluate) on the embedded synthetic sample (345
 images of 13 families, split as params.yaml splits it: 55 test images of 11 families), and must
-beat the majority-class baseline's test macro F1 (`stages.leaderboard.majority_baseline`). The
-custom CNN, trained from scratch, must also beat it on real Encyclopedia of Life photos.
+beat the majority-class baseline's test macro F1
+(`rarespecies.modeling.leaderboard.majority_baseline`). The custom CNN, trained from scratch,
+must also beat it on real Encyclopedia of Life photos.
 
 "Beat" means by at least `MARGIN` (0.05). Always answering the largest family scores below
 random guessing: on the sample 0.028 against about 0.08, and on the EOL photos 0.16 against
@@ -21,7 +22,8 @@ What differs from the study's recipe (the `models:` of params.yaml), and why:
 - DenseNet121 and InceptionResNetV2 start from random weights whose BatchNormalization
   statistics are measured on the training images (`bn_calibrated_weights`, loaded through
   `weights: <file>`). The stage code runs a backbone in inference mode and never trains its
-  BatchNormalization layers (`stages.models.build_end_to_end`, `stages.backbones.unfreeze_last`),
+  BatchNormalization layers (`rarespecies.modeling.models.build_end_to_end`,
+  `rarespecies.modeling.backbones.unfreeze_last`),
   which is right for ImageNet weights. With a fresh layer's statistics (mean 0, variance 1),
   nothing normalizes the activations of these deep networks: their random features vary by about
   0.004 from image to image. With this file's recipes, that leaves DenseNet121 at 0.029 and
@@ -36,9 +38,9 @@ What differs from the study's recipe (the `models:` of params.yaml), and why:
 Everything else comes from the study: heads, optimizers, batch sizes, patience, augmentation,
 DenseNet121's fine-tuning of its last 50 layers at 1e-5, and whether a model trains on cached
 features (the ConvNeXt heads) or end to end on images (the others), which is checked against
-`stages.plan`. Training DenseNet121 or InceptionResNetV2 from scratch with every layer trainable
-also beats the baseline, but slowly. Their BatchNormalization layers cannot train, and
-InceptionResNetV2 needed about 9 minutes for 10 epochs on this 2-core machine.
+`rarespecies.config.plan`. Training DenseNet121 or InceptionResNetV2 from scratch with every
+layer trainable also beats the baseline, but slowly. Their BatchNormalization layers cannot
+train, and InceptionResNetV2 needed about 9 minutes for 10 epochs on this 2-core machine.
 
 The real photos are ../shared/data/eol-real-sample, restricted to its four families with at
 least 7 images (ardeidae 60, balaenidae 30, pleuronectidae 30, goodeidae 7; nesospingidae's

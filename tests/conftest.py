@@ -57,16 +57,26 @@ HEADER = ["rare_species_id", "eol_content_id", "eol_page_id", "kingdom", "phylum
           "file_path"]
 
 
-# Session fixtures that run the tiny pipeline: every test using one goes to the same pytest-xdist
-# worker (`make test` runs two), so each runs once per pytest run.
-PIPELINE_FIXTURES = {"tiny_project", "reproduced", "fresh_clone"}
+# Session fixtures that run the tiny pipeline. `make test` runs two pytest-xdist workers; every
+# test module that uses one of these runs on the same worker, so each runs once per pytest run.
+PIPELINE_FIXTURES = re.compile(r"\b(tiny_project|reproduced|fresh_clone)\b")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("pipeline"))
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """With `--dist loadgroup`: the modules that use the tiny pipeline are one unit of work,
+    every other test its own. (xdist's own loadgroup markers do not reach pytest 9's node ids.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    pipeline = {path.relative_to(ROOT).as_posix() for path in TESTS.rglob("test_*.py")
+                if PIPELINE_FIXTURES.search(path.read_text())}
+
+    class PipelineOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "pipeline" if nodeid.split("::")[0] in pipeline else nodeid
+
+    return PipelineOnOneWorker(config, log)
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -104,32 +104,55 @@ def acquire_eol(
     workers: Annotated[int, typer.Option(min=1, help="Concurrent downloads.")] = 8,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds without data.")] = 30.0,
     retries: Annotated[int, typer.Option(min=0, help="Retries per image.")] = 4,
+    max_bytes: Annotated[int, typer.Option(
+        min=1, help="Largest image accepted, in bytes (default 64 MiB).")] = 64 << 20,
+    deadline: Annotated[float, typer.Option(
+        min=0.1, help="Seconds one image may take in all, retries included.")] = 600.0,
 ) -> None:
     """Download the catalogue's images from EOL into the course layout, verified by md5.
 
-    Resumable: images already present with the right md5 are skipped. If some failed, exit 75
-    when a rerun may fetch them all (network errors only), else 1.
+    Resumable: images already present with the right md5 are skipped; an earlier verified
+    copy stays until a new one replaces it. Refused and failed rows are listed on stderr and in
+    the report. Exit 0 only when every row was fetched or present; 75 when a rerun may fetch
+    what failed (network, server errors, deadline), else 1. `dvc add` runs only when some row
+    was fetched or present.
     """
     with _errors("acquire eol"):
         from rarespecies.core.files import read_json
-        from rarespecies.data.acquire.eol import download_catalog, summarize
+        from rarespecies.data.acquire.eol import download_catalog, problem_lines, summarize
 
         try:
             result = download_catalog(catalog, out, report, taxonomy=taxonomy,
-                                      workers=workers, timeout=timeout, retries=retries)
+                                      workers=workers, timeout=timeout, retries=retries,
+                                      max_bytes=max_bytes, deadline=deadline)
         except KeyboardInterrupt:
             # Verified images are kept and listed in metadata.csv; a rerun resumes from there.
             typer.echo(summarize(read_json(report)), err=True)
             raise
         typer.echo(summarize(result))
+        for line in problem_lines(result):
+            typer.echo(line, err=True)
+        _eol_verdict(result["counts"], result["problems"], catalog, out, report, no_version)
+
+
+def _eol_verdict(counts: dict, problems: list[dict], catalog: Path, out: Path, report: Path,
+                 no_version: bool) -> None:
+    """Version what `acquire eol` verified, if anything, and raise unless every row was."""
+    if counts["rows"] == 0:
+        raise Failure(f"catalogue {catalog} has no rows, nothing to download or version; fix: "
+                      "list images under its header")
+    usable = counts["downloaded"] + counts["already_present"]
+    if usable:
         _version(out, no_version)
-        failed = result["counts"]["failed"]
-        if failed:
-            lasting = failed - sum(problem["retryable"] for problem in result["problems"])
-            advice = (f"{lasting} cannot succeed as listed (see the reasons): fix or remove "
-                      "those rows" if lasting else "run the same command again to retry them")
-            raise Failure(f"{failed} images failed: see {report}; {advice}",
-                          transient=not lasting)
+    failed, refused = counts["failed"], counts["refused"]
+    if failed or refused:
+        lasting = failed + refused - sum(problem["retryable"] for problem in problems)
+        what = " and ".join(([f"{refused} rows refused"] if refused else [])
+                            + ([f"{failed} images failed"] if failed else []))
+        advice = (f"{lasting} cannot succeed as listed (see the reasons): fix or remove those "
+                  "rows" if lasting else "run the same command again to retry them")
+        raise Failure(f"{what}{'' if usable else ', nothing versioned'}: see {report}; "
+                      f"{advice}", transient=not lasting)
 
 
 @app.command("ensure-data")

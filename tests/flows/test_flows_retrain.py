@@ -142,3 +142,19 @@ def test_acquire_retries_only_what_may_succeed_later(harness, monkeypatch, tmp_p
         acquire_only()
     assert str(caught.value) == "acquire eol --catalog new.csv failed: error: the reason"
     assert len(calls) == attempts and caught.value.transient == (exit_code == 75)
+
+
+def test_an_acquisition_without_a_usable_row_stops_the_run(harness, monkeypatch, tmp_path):
+    """A header-only catalogue makes `rarespecies acquire eol` exit 1: the flow stops there,
+    not retried, and never runs the pipeline on whatever data/ held."""
+    from flows import retrain as module
+    from rarespecies.core.console import Failure
+
+    (tmp_path / "new.csv").write_text(
+        "eol_content_id,eol_page_id,md5,eol_full_size_copy_url,phylum,family\n")
+    ran = []
+    monkeypatch.setattr(module, "pipeline", ran.append)
+    with pytest.raises(Failure) as caught:
+        retrain(str(tmp_path), acquire_command="eol --catalog new.csv --no-version")
+    assert "has no rows" in str(caught.value) and caught.value.transient is False
+    assert ran == []

@@ -1,11 +1,14 @@
 """`rarespecies acquire eol`: download a catalogue's images from Encyclopedia of Life.
 
-The catalogue (`catalog.py`) lists URLs and md5s. Images land in the course layout
+The catalogue (`catalog.py`) lists URLs and md5s; `fetch.py` downloads one image, bounded in
+bytes and time. Images land in the course layout
 (`<phylum>_<family>/<content>_<page>_eol-full-size-copy.jpg` plus `metadata.csv`) only once
-their md5 matches, so the data folder never holds a partial or wrong file, even after Ctrl-C or
-`kill`. Every catalogue row ends in the JSON report: downloaded, already present, failed (with
-reason, attempts and whether a later run may succeed: `retryable`) or refused (malformed, no
-I/O at all).
+they are an image with the catalogue's md5, so the data folder never holds a partial or wrong
+file, even after Ctrl-C or `kill`. A verified image and its metadata.csv row stay until a new
+verified copy replaces them: a failed download, or a row the catalogue now refuses, keeps them.
+Every catalogue row ends in the JSON report: downloaded, already present, failed (with reason,
+attempts and whether a later run may succeed: `retryable`) or refused (malformed, no I/O at
+all); a failed or refused row names the earlier verified copy it kept (`kept`).
 """
 
 from __future__ import annotations
@@ -17,34 +20,26 @@ import random
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin
 
 import requests
 import urllib3
 
 from rarespecies.core.files import write_json
-from rarespecies.data.acquire.catalog import CatalogError, Item, is_http, load
+from rarespecies.data.acquire.catalog import CatalogError, Item, load, read_csv
+from rarespecies.data.acquire.fetch import Cut, FetchError, describe, download, new_session
 from rarespecies.data.layouts import COURSE_HEADER
 
-__all__ = ["CatalogError", "download_catalog", "summarize"]
+__all__ = ["CatalogError", "download_catalog", "problem_lines", "summarize"]
 
-MAX_REDIRECTS = 5
 MAX_WAIT = 60.0  # cap of one backoff or Retry-After wait: a hostile header must not park a worker
-CHUNK = 1 << 16
-USER_AGENT = "rarespecies-acquire/0.1"
-
-
-class _Failed(Exception):
-    """A failed attempt; `retry` if another may succeed, after `wait` s (Retry-After)."""
-
-    def __init__(self, reason: str, retry: bool = True, wait: float = 0.0) -> None:
-        super().__init__(reason)
-        self.retry, self.wait = retry, wait
+MAX_BYTES = 64 << 20  # the largest image of the real EOL sample has 2.8 MB
+DEADLINE = 600.0  # 64 MiB at 110 KB/s, retries and waits included
 
 
 @dataclass
@@ -52,8 +47,11 @@ class _Run:
     timeout: float
     retries: int
     backoff: float
+    max_bytes: int = MAX_BYTES
+    deadline: float = DEADLINE
+    listed: set = field(default_factory=set)  # file paths metadata.csv listed before this run
     stop: threading.Event = field(default_factory=threading.Event)
-    active: set = field(default_factory=set)  # responses being streamed, to abort on stop
+    active: set = field(default_factory=set)  # Cuts of the downloads in progress, for abort()
     lock: threading.Lock = field(default_factory=threading.Lock)
     local: threading.local = field(default_factory=threading.local)
     sessions: list = field(default_factory=list)
@@ -61,17 +59,15 @@ class _Run:
     def session(self) -> requests.Session:
         """One session per worker thread: requests sessions are not thread-safe."""
         if not hasattr(self.local, "session"):
-            self.local.session = requests.Session()
-            self.local.session.headers["User-Agent"] = USER_AGENT
+            self.local.session = new_session()
             self.sessions.append(self.local.session)
         return self.local.session
 
     def abort(self) -> None:
         """Wake workers blocked on a silent server now rather than after the read timeout."""
         with self.lock:
-            for response in self.active:
-                with suppress(Exception):
-                    response.raw.shutdown()  # urllib3 >= 2.3: unblocks a read
+            for cut in self.active:
+                cut.cut("stopped")
 
 
 def _md5(path: Path) -> str:
@@ -79,97 +75,70 @@ def _md5(path: Path) -> str:
         return hashlib.file_digest(handle, "md5").hexdigest()
 
 
-def _describe(error: requests.RequestException) -> str:
-    """One phrase for a network error."""
-    # requests wraps a read timeout in mid-body as a ConnectionError around urllib3's error.
-    cause = error.args[0] if error.args else None
-    if isinstance(error, requests.Timeout) or isinstance(cause, urllib3.exceptions.TimeoutError):
-        return "timed out"
-    if isinstance(error, requests.exceptions.ChunkedEncodingError):
-        return "truncated body"  # the connection closed before the announced length
-    return "connection failed"
-
-
-def _attempt(item: Item, part: Path, target: Path, run: _Run) -> None:
-    """One try: GET (following http(s) redirects), stream to `part`, verify, move to `target`."""
-    url = item.url
-    for _ in range(MAX_REDIRECTS + 1):
-        with run.session().get(url, stream=True, allow_redirects=False,
-                               timeout=run.timeout) as response:
-            if response.is_redirect:
-                url = urljoin(url, response.headers["location"])
-                if not is_http(url):
-                    raise _Failed("redirect to a non-http(s) URL", retry=False)
-                continue
-            status = response.status_code
-            if status in (408, 429) or status >= 500:
-                wait = response.headers.get("retry-after", "")
-                raise _Failed(f"HTTP {status}", wait=float(wait) if wait.isdigit() else 0.0)
-            if status != 200:
-                raise _Failed(f"HTTP {status}", retry=False)
-            with run.lock:
-                if run.stop.is_set():  # abort() has run already: do not start a long read
-                    raise _Failed("stopped")
-                run.active.add(response)
-            try:
-                digest, size = hashlib.md5(), 0
-                with part.open("wb") as handle:
-                    for chunk in response.iter_content(CHUNK):
-                        handle.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-            finally:
-                with run.lock:
-                    run.active.discard(response)
-            length = response.headers.get("content-length", "")
-            if length.isdigit() and size < int(length) and not response.headers.get(
-                    "content-encoding"):
-                raise _Failed("truncated body")
-            if digest.hexdigest() != item.md5:
-                raise _Failed("md5 mismatch")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, target)
-            return
-    raise _Failed(f"more than {MAX_REDIRECTS} redirects", retry=False)
+def _attempt(item: Item, part: Path, target: Path, run: _Run, end: float) -> None:
+    """One try: download to `part` within the deadline `end`, verify, move to `target`."""
+    cut = Cut()
+    with run.lock:
+        if run.stop.is_set():  # abort() has run already: do not start a long read
+            raise FetchError("stopped")
+        run.active.add(cut)
+    timer = threading.Timer(max(0.0, end - time.monotonic()), cut.cut,
+                            (f"deadline of {run.deadline:g} s exceeded",))
+    timer.daemon = True
+    timer.start()
+    try:
+        md5 = download(run.session(), item.url, part, timeout=run.timeout,
+                       max_bytes=run.max_bytes, cut=cut)
+    finally:
+        timer.cancel()
+        with run.lock:
+            run.active.discard(cut)
+    if md5 != item.md5:
+        # An image, whole, but another one: the catalogue's md5 is out of date or the server
+        # replaced the file. The next try would get the same bytes: permanent.
+        raise FetchError(f"md5 mismatch (the server sends an image of md5 {md5})", retry=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, target)  # atomic: the earlier verified copy stays until this instant
 
 
 def _fetch(item: Item, data_dir: Path, tmp_dir: Path,
            run: _Run) -> tuple[str, str, int, bool]:
-    """Download one row with retries.
+    """Download one row with retries, within the deadline.
 
     Returns:
         (status, reason, attempts, retryable): `retryable` when it failed only on errors a later
-        run may not meet (timeouts, dropped connections, HTTP 5xx/429, a bad body).
+        run may not meet (timeouts, dropped connections, HTTP 5xx/408/429, the deadline).
     """
     target = data_dir / item.row["file_path"]
     if target.is_file() and _md5(target) == item.md5:
         return "already_present", "", 0, False
     part = tmp_dir / f"{item.row['eol_content_id']}.part"
-    retryable = False
-    for attempt in range(1, run.retries + 2):
+    end = time.monotonic() + run.deadline
+    attempt = 0
+    while True:
+        attempt += 1
         if run.stop.is_set():
             return "stopped", "", attempt - 1, False
         try:
-            _attempt(item, part, target, run)
+            _attempt(item, part, target, run, end)
             return "downloaded", "", attempt, False
-        except _Failed as error:
-            reason, wait = str(error), error.wait
-            if not error.retry:
-                break
-        except requests.RequestException as error:
-            reason, wait = _describe(error), 0.0
+        except FetchError as error:
+            reason, wait, retryable = str(error), error.wait, error.retry
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
+            reason, wait, retryable = describe(error), 0.0, True
         except OSError as error:  # local trouble (disk full...): retrying will not help
-            reason = f"local error: {error.strerror or error}"
+            reason, retryable = f"local error: {error.strerror or error}", False
+        delay = min(MAX_WAIT, run.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        delay = max(delay, min(wait, MAX_WAIT)) if retryable else 0.0
+        if not retryable or attempt > run.retries or time.monotonic() + delay >= end:
             break
-        if attempt <= run.retries and not run.stop.is_set():
-            delay = min(MAX_WAIT, run.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            run.stop.wait(max(delay, min(wait, MAX_WAIT)))  # wakes at once on Ctrl-C
-    else:
-        reason = f"{reason} after {attempt} attempt{'s' if attempt > 1 else ''}"
-        retryable = True
+        run.stop.wait(delay)  # wakes at once on Ctrl-C
     if run.stop.is_set():
         return "stopped", reason, attempt, False
-    target.unlink(missing_ok=True)  # known wrong (bad md5): keep it out of the data folder
+    if retryable:
+        reason = f"{reason} after {attempt} attempt{'s' if attempt > 1 else ''}"
+    if target.is_file() and item.row["file_path"] not in run.listed:
+        target.unlink()  # not a verified copy (metadata.csv never listed it) and not this md5
     return "failed", reason, attempt, retryable
 
 
@@ -194,15 +163,14 @@ def _signals_stop(run: _Run) -> Iterator[None]:
 
 
 def _settle(items: list[Item], futures: list[Future],
-            problems: list[dict]) -> tuple[dict, list[dict], set[str]]:
+            problems: list[dict]) -> tuple[dict, list[dict]]:
     """Count the finished downloads and add the failed ones to `problems`.
 
     Returns:
-        The counts, the verified rows and the content ids this run settled (rows a stop left
-        undone are neither: their earlier metadata rows stay).
+        The counts and the verified rows (rows a stop left undone are neither).
     """
     counts = dict.fromkeys(("downloaded", "already_present", "failed"), 0)
-    verified, settled = [], {problem["eol_content_id"] for problem in problems}
+    verified = []
     for item, future in zip(items, futures, strict=False):  # fewer futures if stopped early
         if not future.done() or future.cancelled():
             continue
@@ -212,35 +180,54 @@ def _settle(items: list[Item], futures: list[Future],
         if status == "stopped":
             continue
         counts[status] += 1
-        settled.add(item.row["eol_content_id"])
         if status == "failed":
             problems.append({"line": item.line, "eol_content_id": item.row["eol_content_id"],
-                             "url": item.url, "reason": reason, "attempts": attempts,
-                             "retryable": retryable})
+                             "url": item.url, "status": "failed", "reason": reason,
+                             "attempts": attempts, "retryable": retryable})
         else:
             verified.append(item.row)
-    return counts, verified, settled
+    return counts, verified
 
 
-def _write_metadata(data_dir: Path, tmp_dir: Path, verified: list[dict],
-                    replaced: set[str]) -> None:
-    """Rewrite metadata.csv: earlier rows this run did not settle, then the verified ones."""
+def _earlier_rows(data_dir: Path) -> list[dict]:
+    """The rows of `data_dir`/metadata.csv, read before any download (a bad file stops early)."""
+    path = data_dir / "metadata.csv"
+    return [row for _, row in read_csv(path, "metadata")[1]] if path.is_file() else []
+
+
+def _write_metadata(data_dir: Path, tmp_dir: Path, earlier: list[dict],
+                    verified: list[dict]) -> None:
+    """Rewrite metadata.csv: the earlier rows no verified copy replaced, then the verified ones.
+
+    A row whose download failed or that the catalogue now refuses keeps its earlier row and
+    image. An image a verified copy superseded under another path is removed afterwards.
+    """
     path, tmp = data_dir / "metadata.csv", tmp_dir / "metadata.csv"
-    kept = []
-    if path.is_file():
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            kept = [row for row in csv.DictReader(handle) if row.get("eol_content_id")
-                    not in replaced]
+    replaced = {row["eol_content_id"] for row in verified}
+    kept = [row for row in earlier if row.get("eol_content_id") not in replaced]
     with tmp.open("w", newline="") as handle:  # in tmp_dir: even SIGKILL leaves data_dir clean
         writer = csv.DictWriter(handle, fieldnames=COURSE_HEADER, extrasaction="ignore", restval="")
         writer.writeheader()
         writer.writerows(kept + verified)
     os.replace(tmp, path)
+    listed = {row.get("file_path") for row in kept + verified}
+    for row in earlier:
+        if row.get("eol_content_id") in replaced and row.get("file_path") not in listed:
+            (data_dir / row["file_path"]).unlink(missing_ok=True)
+
+
+def _mark_kept(problems: list[dict], earlier: list[dict], data_dir: Path) -> None:
+    """Name, in each problem, the earlier verified copy of its row that stays (or None)."""
+    paths = {row.get("eol_content_id"): row.get("file_path") for row in earlier}
+    for problem in problems:
+        path = paths.get(problem["eol_content_id"])
+        problem["kept"] = path if path and (data_dir / path).is_file() else None
 
 
 def download_catalog(catalog: Path, data_dir: Path, report_path: Path, *,
                      taxonomy: Path | None = None, workers: int = 8, timeout: float = 30.0,
-                     retries: int = 4, backoff: float = 1.0, progress: bool = True) -> dict:
+                     retries: int = 4, backoff: float = 1.0, max_bytes: int = MAX_BYTES,
+                     deadline: float = DEADLINE, progress: bool = True) -> dict:
     """Download a catalogue's images into `data_dir` (course layout) and write the report.
 
     Args:
@@ -254,25 +241,31 @@ def download_catalog(catalog: Path, data_dir: Path, report_path: Path, *,
         timeout: connect and read timeout in seconds (a server silent that long fails the try).
         retries: further attempts after a transient failure (so up to retries + 1 attempts).
         backoff: first retry wait in seconds, doubled each retry, with jitter.
+        max_bytes: largest image accepted, in bytes (a larger one fails, permanently).
+        deadline: seconds one image may take in all, attempts and waits included.
         progress: show a tqdm progress bar.
 
     Returns:
-        The report: counts, problems, and `interrupted`/`pending` (rows a stop left undone).
+        The report: counts, problems (refused and failed rows, each naming the earlier verified
+        copy it kept, if any), and `interrupted`/`pending` (rows a stop left undone).
 
     Raises:
-        CatalogError: the catalogue or taxonomy file is unreadable or lacks columns.
+        CatalogError: the catalogue, taxonomy or data_dir/metadata.csv is unreadable, or the
+            catalogue or taxonomy lacks columns.
         KeyboardInterrupt: on Ctrl-C or SIGTERM, after metadata.csv and the report are written.
     """
     from tqdm import tqdm  # only the pipeline extra installs it
 
     catalog, data_dir, report_path = Path(catalog), Path(data_dir), Path(report_path)
     items, problems, total = load(catalog, Path(taxonomy) if taxonomy else None)
+    earlier = _earlier_rows(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     # Beside data_dir, so os.replace stays on one filesystem and data_dir never holds a part.
     tmp_dir = data_dir.parent / f".{data_dir.name}.downloads"
     shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run
     tmp_dir.mkdir()
-    run = _Run(timeout, retries, backoff)
+    run = _Run(timeout, retries, backoff, max_bytes, deadline,
+               {row.get("file_path") for row in earlier})
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="download")
     futures: list[Future] = []
     interrupted = False
@@ -291,8 +284,9 @@ def download_catalog(catalog: Path, data_dir: Path, report_path: Path, *,
             run.stop.set()
             run.abort()
             pool.shutdown(wait=True, cancel_futures=True)
-            counts, verified, settled = _settle(items, futures, problems)
-            _write_metadata(data_dir, tmp_dir, verified, settled)
+            counts, verified = _settle(items, futures, problems)
+            _write_metadata(data_dir, tmp_dir, earlier, verified)
+            _mark_kept(problems, earlier, data_dir)
             report = {"catalog": str(catalog), "data_dir": str(data_dir),
                       "interrupted": interrupted,
                       "counts": {"rows": total, **counts, "refused": total - len(items)},
@@ -306,9 +300,28 @@ def download_catalog(catalog: Path, data_dir: Path, report_path: Path, *,
 
 
 def summarize(report: dict) -> str:
-    """One line for the CLI: the counts, and whether the run was interrupted."""
+    """One line for the CLI: the counts, the earlier copies kept, whether it was interrupted."""
     c = report["counts"]
+    kept = sum(bool(problem.get("kept")) for problem in report["problems"])
     line = (f"{c['rows']} rows: {c['downloaded']} downloaded, {c['already_present']} already "
             f"present, {c['failed']} failed, {c['refused']} refused")
-    return line + (f"; interrupted, {report['pending']} left for a rerun"
-                   if report.get("interrupted") else "")
+    return line + (f"; kept {kept} earlier verified cop{'ies' if kept > 1 else 'y'}"
+                   if kept else "") + (f"; interrupted, {report['pending']} left for a rerun"
+                                       if report.get("interrupted") else "")
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """`value` fit for one line of a terminal: control characters escaped, long ones cut."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def problem_lines(report: dict, limit: int = 20) -> list[str]:
+    """One line per refused or failed row (the first `limit`), naming line, id and reason."""
+    problems = report["problems"]
+    lines = [f"line {p['line']}, eol_content_id {_shown(p['eol_content_id']) or '(empty)'}: "
+             f"{p['status']}: {p['reason']}"
+             + (f"; kept the earlier verified copy {p['kept']}" if p.get("kept") else "")
+             for p in problems[:limit]]
+    return lines + ([f"... and {len(problems) - limit} more in the report"]
+                    if len(problems) > limit else [])

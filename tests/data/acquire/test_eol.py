@@ -17,8 +17,17 @@ from pathlib import Path
 
 import pytest
 from eol_server import EolServer
+from typer.testing import CliRunner
 
-from rarespecies.data.acquire.eol import CatalogError, download_catalog, summarize
+from rarespecies.cli import app
+from rarespecies.data.acquire import fetch, versioning
+from rarespecies.data.acquire.eol import (
+    MAX_BYTES,
+    CatalogError,
+    download_catalog,
+    problem_lines,
+    summarize,
+)
 
 from conftest import EOL_SAMPLE, HEADER, ROOT, require_shared
 
@@ -141,8 +150,8 @@ def test_rare_species_id_falls_back_to_eol_content_id(tmp_path: Path, server: Eo
     assert metadata(tmp_path / "data")[0]["rare_species_id"] == f"eol-{SMALL[0]['eol_content_id']}"
 
 
-@pytest.mark.parametrize("fault", ["fail-once", "rate-limited-once", "stall-once",
-                                   "truncate-once", "wrong-once"])
+@pytest.mark.parametrize("fault", ["fail-once", "unavailable-once", "rate-limited-once",
+                                   "stall-once", "truncate-once"])
 def test_transient_faults_are_retried(tmp_path: Path, server: EolServer, fault: str) -> None:
     rows = SMALL[:2]
     report = acquire(tmp_path, [entry(server, rows[0], fault), entry(server, rows[1])],
@@ -173,10 +182,15 @@ def test_retry_after_is_honoured(tmp_path: Path) -> None:
     ("missing", "HTTP 404", 1, 1, False),
     ("forbidden", "HTTP 403", 1, 1, False),
     ("fail", "HTTP 500 after 3 attempts", 3, 3, True),
+    ("unavailable", "HTTP 503 after 3 attempts", 3, 3, True),
     ("rate-limited", "HTTP 429 after 3 attempts", 3, 3, True),
     ("stall", "timed out after 3 attempts", 3, 3, True),
     ("truncate", "truncated body after 3 attempts", 3, 3, True),
-    ("wrong", "md5 mismatch after 3 attempts", 3, 3, True),
+    # A whole image, but not the catalogue's: the next try gets the same bytes.
+    ("wrong", "md5 mismatch (the server sends an image of md5 {other})", 1, 1, False),
+    ("garbled", "not an image (Pillow does not recognise it)", 1, 1, False),
+    ("html", "not an image (Content-Type text/html)", 1, 1, False),
+    ("oversize", f"larger than --max-bytes {MAX_BYTES} (Content-Length {1 << 40})", 1, 1, False),
     ("redirect-file", "redirect to a non-http(s) URL", 1, 1, False),
     ("redirect-loop", "more than 5 redirects", 1, 6, False),
 ])
@@ -189,9 +203,11 @@ def test_faults_are_reported_with_whether_a_rerun_may_help(
     assert report["counts"] == {"rows": 2, "downloaded": 1, "already_present": 0, "failed": 1,
                                 "refused": 0}
     [problem] = report["problems"]
+    other = md5(server.other(EOL_SAMPLE / bad["file_path"]))
     assert problem == {"line": 3, "eol_content_id": bad["eol_content_id"],
-                       "url": server.url(fault, bad["file_path"]), "reason": reason,
-                       "attempts": attempts, "retryable": retryable}
+                       "url": server.url(fault, bad["file_path"]), "status": "failed",
+                       "reason": reason.format(other=other), "attempts": attempts,
+                       "retryable": retryable, "kept": None}
     assert server.hits(fault, bad["file_path"]) == hits
     assert_intact(tmp_path / "data", [good])
 
@@ -222,8 +238,9 @@ def test_non_http_urls_are_refused_without_any_request(tmp_path: Path,
     assert server.total() == 0
     assert report["counts"] == {"rows": 6, "downloaded": 0, "already_present": 0, "failed": 0,
                                 "refused": 6}
-    assert [(p["line"], p["url"], p["reason"], p["attempts"]) for p in report["problems"]] == [
-        (line, url, "not an http(s) URL", 0) for line, url in enumerate(urls, start=2)]
+    assert [(p["line"], p["url"], p["status"], p["reason"], p["attempts"])
+            for p in report["problems"]] == [(line, url, "refused", "not an http(s) URL", 0)
+                                             for line, url in enumerate(urls, start=2)]
     assert files(tmp_path / "data") == {"metadata.csv"} and metadata(tmp_path / "data") == []
 
 
@@ -329,12 +346,26 @@ def test_resume_skips_verified_files_and_refetches_corrupted_ones(tmp_path: Path
     assert server.hits("ok", rows[2]["file_path"]) == 2 and server.total() == 5
     assert_intact(tmp_path / "data", rows)
 
-    # A corrupted file that cannot be fetched again is removed, not listed.
+    # A listed copy that no longer matches and cannot be fetched again stays listed, named in
+    # the report: the catalogue's md5 may be what changed, and DVC can restore a corrupted one.
     (tmp_path / "data" / rows[3]["file_path"]).write_bytes(b"not the image")
     catalogue[3] = entry(server, rows[3], "missing")
     report = acquire(tmp_path, catalogue)
     assert report["counts"]["failed"] == 1
-    assert_intact(tmp_path / "data", rows[:3])
+    assert [p["kept"] for p in report["problems"]] == [rows[3]["file_path"]]
+    assert (tmp_path / "data" / rows[3]["file_path"]).read_bytes() == b"not the image"
+    assert sorted(m["eol_content_id"] for m in metadata(tmp_path / "data")) == sorted(
+        r["eol_content_id"] for r in rows)
+
+
+def test_a_wrong_file_never_listed_is_removed_when_it_cannot_be_fetched(
+        tmp_path: Path, server: EolServer) -> None:
+    stray = tmp_path / "data" / SMALL[1]["file_path"]
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"not the image")  # e.g. put there by hand: never verified
+    report = acquire(tmp_path, [entry(server, SMALL[0]), entry(server, SMALL[1], "missing")])
+    assert [(p["reason"], p["kept"]) for p in report["problems"]] == [("HTTP 404", None)]
+    assert_intact(tmp_path / "data", SMALL[:1])
 
 
 def test_acquisitions_accumulate_in_metadata(tmp_path: Path, server: EolServer) -> None:
@@ -425,3 +456,206 @@ def test_interruption_keeps_verified_files_and_leaves_no_partial_one(
                                 "refused": 0}
     assert all(server.hits("ok", r["file_path"]) == 1 for r in done)
     assert_intact(data_dir, done + stalled)
+
+
+@pytest.fixture
+def stream_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes each download left in its part file (the raw body written, or as much as was)."""
+    sizes: list[int] = []
+    real = fetch._stream
+
+    def recorded(response: object, part: Path, max_bytes: int) -> str:
+        try:
+            return real(response, part, max_bytes)
+        finally:
+            sizes.append(part.stat().st_size)
+
+    monkeypatch.setattr(fetch, "_stream", recorded)
+    return sizes
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("flood", "larger than --max-bytes 1048576"),
+    # If the 32 MiB of zeros were inflated, the cap would stop them: they are not.
+    ("gzip-bomb", "not an image (Pillow does not recognise it; Content-Encoding gzip is not "
+                  "decoded)"),
+])
+def test_bodies_are_bounded_and_never_decoded(tmp_path: Path, server: EolServer,
+                                              stream_sizes: list[int], fault: str,
+                                              reason: str) -> None:
+    good, bad = SMALL[0], SMALL[1]
+    report = acquire(tmp_path, [entry(server, good), entry(server, bad, fault)],
+                     max_bytes=1 << 20)
+    assert [(p["reason"], p["attempts"], p["retryable"]) for p in report["problems"]] == [
+        (reason, 1, False)]
+    assert server.hits(fault, bad["file_path"]) == 1
+    assert max(stream_sizes) <= 1 << 20
+    if fault == "flood":  # the client hung up long before the 32 MiB
+        assert server.completed(fault, bad["file_path"]) == 0
+    else:  # the raw gzip bytes, as sent
+        assert len(server.bomb()) in stream_sizes
+    assert_intact(tmp_path / "data", [good])
+
+
+@pytest.mark.parametrize("fault", ["trickle", "trickle-headers"])
+def test_a_trickling_server_is_stopped_by_the_deadline(tmp_path: Path, server: EolServer,
+                                                       fault: str) -> None:
+    """One byte per 0.2 s answers every read long before the 2 s timeout: only the deadline
+    ends it, retryable (a rerun may meet a faster server), without a second attempt."""
+    good, bad = SMALL[0], SMALL[1]
+    report = acquire(tmp_path, [entry(server, good), entry(server, bad, fault)],
+                     timeout=2.0, deadline=1.0)
+    assert server.hits(fault, bad["file_path"]) == 1
+    assert server.completed(fault, bad["file_path"]) == 0
+    assert [(p["reason"], p["attempts"], p["retryable"]) for p in report["problems"]] == [
+        ("deadline of 1 s exceeded after 1 attempt", 1, True)]
+    assert_intact(tmp_path / "data", [good])
+
+
+def test_ids_too_long_and_control_characters_are_refused_with_a_reason(
+        tmp_path: Path, server: EolServer) -> None:
+    rows = SMALL[:9]
+    url = server.url("ok", rows[5]["file_path"])
+    catalogue = [entry(server, rows[0], eol_content_id="1" * 300),
+                 entry(server, rows[1], eol_page_id="9" * 30),
+                 entry(server, rows[2], rarespecies_id="id\0with-nul"),
+                 entry(server, rows[3], kingdom="Anim\x1balia"),
+                 entry(server, rows[4], family="a" * 300),
+                 entry(server, rows[5], eol_full_size_copy_url=url + "?a\u2028b"),
+                 entry(server, rows[6], eol_full_size_copy_url=url + "?" + "x" * 2048),
+                 entry(server, rows[7], family="a" * 65),
+                 entry(server, rows[8])]
+    report = acquire(tmp_path, catalogue)
+
+    assert [(p["line"], p["reason"]) for p in report["problems"]] == [
+        (2, "eol_content_id is longer than 128 characters"),
+        (3, "eol_content_id or eol_page_id has more than 18 digits"),
+        (4, "rare_species_id contains a control or separator character (U+0000)"),
+        (5, "kingdom contains a control or separator character (U+001B)"),
+        (6, "family is longer than 128 characters"),
+        (7, "url contains a control or separator character (U+2028)"),
+        (8, "url is longer than 2048 characters"),
+        (9, "phylum or family is longer than 64 characters")]
+    assert server.total() == 1
+    assert_intact(tmp_path / "data", rows[8:])
+    assert b"\0" not in (tmp_path / "data/metadata.csv").read_bytes()
+    lines = problem_lines(report)
+    assert lines[0] == (f"line 2, eol_content_id {'1' * 40}...: refused: eol_content_id is "
+                        "longer than 128 characters")
+
+
+@pytest.mark.parametrize("change", [{"md5": ""}, {"family": "../escape"},
+                                    {"eol_full_size_copy_url": "file:///etc/passwd"}])
+def test_a_rerun_keeps_the_verified_copy_of_a_row_the_catalogue_now_refuses(
+        tmp_path: Path, server: EolServer, change: dict) -> None:
+    rows = SMALL[:2]
+    acquire(tmp_path, [entry(server, r) for r in rows])
+    report = acquire(tmp_path, [entry(server, rows[0], **change), entry(server, rows[1])])
+
+    assert [(p["status"], p["kept"]) for p in report["problems"]] == [
+        ("refused", rows[0]["file_path"])]
+    assert_intact(tmp_path / "data", rows)
+    assert summarize(report).endswith("1 refused; kept 1 earlier verified copy")
+    assert problem_lines(report)[0].endswith(
+        f"; kept the earlier verified copy {rows[0]['file_path']}")
+
+
+@pytest.mark.parametrize(("fault", "reason", "retryable"), [
+    ("fail", "HTTP 500 after 3 attempts", True),
+    ("ok", "md5 mismatch (the server sends an image of md5 {old})", False),
+])
+def test_a_changed_md5_that_cannot_be_fetched_keeps_the_verified_image(
+        tmp_path: Path, server: EolServer, fault: str, reason: str, retryable: bool) -> None:
+    rows = SMALL[:2]
+    acquire(tmp_path, [entry(server, r) for r in rows])
+    old = md5(EOL_SAMPLE / rows[0]["file_path"])
+    report = acquire(tmp_path, [entry(server, rows[0], fault, md5="0" * 32),
+                                entry(server, rows[1])])
+
+    assert [(p["reason"], p["retryable"], p["kept"]) for p in report["problems"]] == [
+        (reason.format(old=old), retryable, rows[0]["file_path"])]
+    assert_intact(tmp_path / "data", rows)
+
+
+def test_a_new_verified_copy_replaces_the_earlier_one_and_its_image(
+        tmp_path: Path, server: EolServer) -> None:
+    row = SMALL[0]
+    moved = {**row, "family": "otheridae",
+             "file_path": row["file_path"].replace(row["family"], "otheridae")}
+    acquire(tmp_path, [entry(server, row)])
+    report = acquire(tmp_path, [entry(server, row, family="Otheridae")])
+    assert report["counts"]["downloaded"] == 1
+    assert files(tmp_path / "data") == {moved["file_path"], "metadata.csv"}
+    assert [m["file_path"] for m in metadata(tmp_path / "data")] == [moved["file_path"]]
+
+
+@pytest.fixture
+def versioned(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The folders `rarespecies acquire eol` would `dvc add` (recorded, DVC not run)."""
+    folders: list[Path] = []
+    monkeypatch.setattr(versioning, "version",
+                        lambda folder: folders.append(folder) or f"versioned {folder}")
+    return folders
+
+
+def acquire_cli(tmp_path: Path, rows: list[dict]) -> tuple[int, str, str]:
+    """`rarespecies acquire eol` on a catalogue of `rows`: (exit code, stdout, stderr without
+    the progress bar)."""
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    result = CliRunner().invoke(app, [
+        "acquire", "eol", "--catalog", str(catalog), "--out", str(tmp_path / "data"),
+        "--report", str(tmp_path / "report.json"), "--retries", "0", "--timeout", "2"])
+    lines = result.stderr.replace("\r", "\n").splitlines()
+    return result.exit_code, result.stdout, "".join(
+        f"{line}\n" for line in lines if line and not line.startswith("acquire eol:"))
+
+
+@pytest.mark.parametrize("rows", ["none", "all-refused"])
+def test_a_catalogue_without_a_usable_row_exits_1_and_versions_nothing(
+        tmp_path: Path, server: EolServer, versioned: list[Path], rows: str) -> None:
+    catalogue = [] if rows == "none" else [
+        entry(server, SMALL[0], md5=""), entry(server, SMALL[1], eol_content_id="12\0003"),
+        entry(server, SMALL[2], family="../escape")]
+    code, stdout, stderr = acquire_cli(tmp_path, catalogue)
+
+    assert code == 1 and versioned == [] and server.total() == 0
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith("rarespecies acquire eol: error: ")
+    if rows == "none":
+        assert "has no rows" in error and "catalog.csv" in error
+        return
+    assert "0 downloaded, 0 already present, 0 failed, 3 refused" in stdout
+    assert "3 rows refused, nothing versioned" in error and "3 cannot succeed" in error
+    assert stderr.splitlines()[:3] == [
+        f"line 2, eol_content_id {SMALL[0]['eol_content_id']}: refused: empty md5",
+        "line 3, eol_content_id 12\\x003: refused: eol_content_id contains a control or "
+        "separator character (U+0000)",
+        f"line 4, eol_content_id {SMALL[2]['eol_content_id']}: refused: phylum or family is "
+        "not a plain name"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [(p["line"], p["eol_content_id"], p["status"]) for p in report["problems"]] == [
+        (2, SMALL[0]["eol_content_id"], "refused"), (3, "12\x003", "refused"),
+        (4, SMALL[2]["eol_content_id"], "refused")]
+
+
+@pytest.mark.parametrize(("faults", "code"), [
+    (["ok", "ok"], 0),
+    (["ok", "refused"], 1),
+    (["ok", "missing"], 1),
+    (["ok", "unavailable"], 75),
+    (["unavailable", "html"], 1),
+    (["unavailable", "refused"], 1),
+])
+def test_the_exit_code_is_0_only_when_every_row_is_there_and_75_only_if_a_rerun_may_help(
+        tmp_path: Path, server: EolServer, versioned: list[Path], faults: list[str],
+        code: int) -> None:
+    catalogue = [entry(server, row, md5="") if fault == "refused" else entry(server, row, fault)
+                 for row, fault in zip(SMALL, faults, strict=False)]
+    exit_code, _, stderr = acquire_cli(tmp_path, catalogue)
+    assert exit_code == code, stderr
+    assert versioned == ([tmp_path / "data"] if "ok" in faults else [])
+    lines = stderr.splitlines()  # a line per row not there, and the error line
+    assert [line.split(":")[0] for line in lines] == [
+        f"line {n}, eol_content_id {row['eol_content_id']}"
+        for n, (row, fault) in enumerate(zip(SMALL, faults, strict=False), start=2)
+        if fault != "ok"] + ["rarespecies acquire eol"] * (code != 0)

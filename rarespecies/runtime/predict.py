@@ -81,10 +81,14 @@ class Classifier:
         """Family probabilities of a uint8 batch [N, S, S, 3].
 
         Raises:
-            ModelError: the graph's output disagrees with the labels (a dynamic output
-                dimension can only be checked here).
+            ModelError: onnxruntime fails, or the graph's output disagrees with the labels (a
+                dynamic output dimension can only be checked here).
         """
-        result = self.session.run(None, {self.input_name: batch})[0]
+        try:
+            result = self.session.run(None, {self.input_name: batch})[0]
+        except Exception as error:  # onnxruntime's own types; its messages span lines
+            raise ModelError(f"{self.name}: onnxruntime cannot run it on {_shape(batch.shape)}: "
+                             f"{' '.join(str(error).split())}") from None
         if result.shape != (len(batch), len(self.labels)):
             raise ModelError(f"{self.name}: its metadata lists {len(self.labels)} labels but "
                              f"the graph's output is {_shape(result.shape)} when run on "

@@ -215,6 +215,15 @@ def test_metadata_that_disagrees_with_the_graph_is_named(tmp_path, model, messag
     assert str(raised.value) == f"{path}: {message}; export it again with `dvc repro export`"
 
 
+def test_a_model_onnxruntime_cannot_run_is_one_line(tmp_path):
+    path = tiny_model(tmp_path / "m.onnx", shape=(1, 8, 8, 3))  # a fixed batch of one
+    photos = [photo(tmp_path / "a.jpg"), photo(tmp_path / "b.jpg")]
+    with pytest.raises(ModelError) as raised:
+        list(predict(Classifier(path), photos))
+    assert str(raised.value).startswith(f"{path}: onnxruntime cannot run it on [2, 8, 8, 3]: ")
+    assert "\n" not in str(raised.value)
+
+
 def test_a_model_that_disagrees_with_its_metadata_is_one_line_exit_1(tmp_path):
     tiny_model(tmp_path / "m.onnx", input_size=16)
     proc = predict_cli("m.onnx", str(photo(tmp_path / "a.jpg")), cwd=tmp_path)

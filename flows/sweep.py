@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from prefect import flow, get_run_logger, task
 
 from flows.common import flow_errors
+from rarespecies.config.params import raw_params
 from rarespecies.core.console import Debug, run_command
 from rarespecies.core.dvc import dvc, project_root
 from rarespecies.ops.sweep import combinations, leaderboard, parse_grid, swept_model, table
@@ -73,7 +73,7 @@ def sweep(settings: list[str], root: str = ".", jobs: int = 1, apply_best: bool 
     """
     logger = get_run_logger()
     grid = parse_grid(settings)
-    model = swept_model(grid, yaml.safe_load((Path(root) / "params.yaml").read_text()))
+    model = swept_model(grid, raw_params(Path(root) / "params.yaml"))
     prefix = prefix or time.strftime("sweep-%Y%m%d-%H%M%S")
     points = combinations(grid)
     names = [queue(point, f"{prefix}-{i}", root) for i, point in enumerate(points, 1)]
@@ -109,7 +109,7 @@ def main(
     """Run a parameter sweep as DVC experiments and print the leaderboard."""
     with flow_errors("sweep", debug):
         # Bad input fails here, in one line, before Prefect starts (NotAProject: ValueError).
-        params = yaml.safe_load((project_root(root) / "params.yaml").read_text())
+        params = raw_params(project_root(root) / "params.yaml")
         swept_model(parse_grid(settings), params)
         sweep(settings, root, jobs, apply_best, prefix)
 

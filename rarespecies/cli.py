@@ -171,9 +171,14 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Families per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Print the most probable families of each image. Exit 1 if any image failed."""
+    """Print the most probable families of each image. Exit 1 if any image failed.
+
+    What is not a regular image file (a FIFO, a device, a symlink loop...) is skipped with its
+    reason on stderr and counted as failed. In text output, a name with control characters is
+    shown quoted and escaped, so each image is one line.
+    """
     with _errors("predict"):
-        from rarespecies.runtime.predict import Classifier, image_files
+        from rarespecies.runtime.predict import Classifier, image_files, printable
         from rarespecies.runtime.predict import predict as classify
 
         classifier = Classifier(model)
@@ -185,12 +190,13 @@ def predict(
                 typer.echo(json.dumps({"path": str(result.path), "error": result.error, "top": [
                     {"family": label, "probability": round(p, 6)} for label, p in result.top]}))
             elif result.error:
-                typer.secho(f"{result.path}: error: {result.error}", fg="red", err=True)
+                typer.secho(f"{printable(str(result.path))}: error: {printable(result.error)}",
+                            fg="red", err=True)
             else:
-                typer.echo(f"{result.path}: " + ", ".join(f"{label} {p:.3f}"
-                                                           for label, p in result.top))
+                typer.echo(f"{printable(str(result.path))}: " + ", ".join(
+                    f"{label} {p:.3f}" for label, p in result.top))
         if seen == 0:
-            raise Failure(f"no images found in {', '.join(map(str, images))}")
+            raise Failure(f"no images found in {', '.join(printable(str(i)) for i in images)}")
         typer.echo(f"classified {seen - failed} of {seen} images"
                    + (f"; {failed} could not be read" if failed else ""), err=True)
     raise typer.Exit(EXIT_FAILED if failed else 0)

@@ -1,14 +1,15 @@
 """Typed, validated settings: `params.yaml` is read once into these objects.
 
 Unknown keys and impossible values are rejected with a message naming the key, so a typo in
-`params.yaml` or in `dvc exp run -S ...` fails before any work starts.
+`params.yaml` or in `dvc exp run -S ...` fails before any work starts. A key written twice
+(YAML keeps the last silently) and a YAML syntax error fail in one line, `file:line:column:`.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -300,11 +301,70 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
 
 def read_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and validate `params.yaml` afresh: for long-lived processes such as served flows."""
+    return parse_params(raw_params(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` keys may be overridden: that is what merging is for
+            key = self.construct_object(key_node, deep=True)
+            try:
+                mark = first.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader's own error names it
+            if mark is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"duplicate key {key!r} (first at line {mark.line + 1})",
+                    problem_mark=key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _one_line(path: Path, text: str, error: yaml.YAMLError) -> str:
+    """`path:line:column: problem (context at line N)` from PyYAML's multi-line message."""
+    if isinstance(error, yaml.reader.ReaderError):  # a character YAML forbids, by offset
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - text.rfind("\n", 0, error.position)
+        return f"{path}:{line}:{column}: character U+{error.character:04X} is not allowed in YAML"
+    mark = getattr(error, "problem_mark", None)
+    if mark is None or not getattr(error, "problem", None):
+        return f"{path}: not valid YAML: {' '.join(str(error).split())}"
+    context, at = getattr(error, "context", None), getattr(error, "context_mark", None)
+    where = f" ({context} at line {at.line + 1})" if context and at else ""
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: {error.problem}{where}"
+
+
+def raw_params(path: str | Path = PARAMS_FILE) -> dict:
+    """`params.yaml` as a dictionary, not validated, with no key written twice.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The parsed YAML (for code that needs the file's own keys, such as a sweep's check).
+
+    Raises:
+        ParamsError: missing, not UTF-8, not YAML, a duplicate key, or not a mapping; one line
+            naming the file (and line and column when YAML can tell).
+    """
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path} not found: run from the project root")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = error.object.count(b"\n", 0, error.start) + 1
+        raise ParamsError(f"{path}:{line}: not UTF-8 text (byte {error.object[error.start]:#x}: "
+                          f"{error.reason}); save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
-        raise ParamsError(f"{path} is not valid YAML: {error}") from None
-    return parse_params(raw)
+        raise ParamsError(_one_line(path, text, error)) from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level is a {type(raw).__name__}, not a mapping of "
+                          "sections (data, ingest, models...)")
+    return raw or {}

@@ -1,9 +1,17 @@
 """Settings: the real params.yaml loads; mistakes fail with the key named."""
 
+import shutil
+
 import pytest
 import yaml
 
-from rarespecies.config.params import ParamsError, load_params, parse_params
+from rarespecies.config.params import (
+    ParamsError,
+    load_params,
+    parse_params,
+    raw_params,
+    read_params,
+)
 
 from conftest import ROOT, tiny_params
 
@@ -105,3 +113,54 @@ def test_architectures_are_the_backbones_the_code_builds():
     from rarespecies.modeling.backbones import BACKBONES
 
     assert set(ARCHITECTURES) == {"rescale", *BACKBONES}
+
+
+DUPLICATED = b"""\
+data:
+  dir: data
+models:
+  custom_cnn:
+    training:
+      epochs: 3
+      batch_size: 2
+      epochs: 5
+"""
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (DUPLICATED, "8:7: duplicate key 'epochs' (first at line 6)"),
+    (DUPLICATED + b"data:\n  dir: other\n", "9:1: duplicate key 'data' (first at line 1)"),
+    (b"ingest:\n  max_side: 512\n    workers: 2\n", "3:12: mapping values are not allowed here"),
+    (b"ingest:\n  max_side: [1, 2\n", "3:1: expected ',' or ']', but got '<stream end>' (while "
+                                      "parsing a flow sequence at line 2)"),
+    (b"data:\n  dir: \"d\x00\"\n", "2:10: character U+0000 is not allowed in YAML"),
+    (b"data:\n  dir: d\xe9\n", "2: not UTF-8 text (byte 0xe9: invalid continuation byte); "
+                              "save it as UTF-8"),
+    (b"- data\n", " the top level is a list, not a mapping of sections (data, ingest, models...)"),
+], ids=["duplicate-nested", "duplicate-top-level", "mapping", "unclosed", "nul", "latin-1",
+        "list"])
+def test_a_bad_params_file_is_one_line_naming_its_place(tmp_path, content, message):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ParamsError) as raised:
+        read_params(path)
+    assert str(raised.value) == f"{path}:{message}"
+
+
+def test_merge_keys_may_override_what_they_merge(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("base: &base {x: 1, y: 2}\nother:\n  <<: *base\n  x: 3\n")
+    assert raw_params(path)["other"] == {"x": 3, "y": 2}
+
+
+def test_values_set_as_dvc_exp_run_sets_them_load(tmp_path):
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` writes params.yaml with
+
+    path = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", path)
+    apply_overrides(path, ["models.convnext_full.training.learning_rate=1e-3",
+                           "models.convnext_full.head.dense_units=[256]", "split.seed=7"])
+    params = read_params(path)
+    full = params.models["convnext_full"]
+    assert (full.training.learning_rate, full.head.dense_units, params.split.seed) == (
+        1e-3, [256], 7)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import typer
 
 from flows.sweep import combinations, parse_grid, swept_model
 
@@ -44,6 +45,20 @@ def test_unknown_keys_are_named():
     with pytest.raises(ValueError, match=r"models\.custom_cnn\.head\.dropuot is not in "
                                          "params.yaml"):
         swept_model({"models.custom_cnn.head.dropuot": ["0.2"]}, params)
+
+
+def test_a_params_file_with_a_key_written_twice_stops_the_sweep_in_one_line(tmp_path, capsys):
+    from flows.sweep import main
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text(
+        "models:\n  custom_cnn: {head: {dropout: 0.5}}\nmodels:\n  other: {}\n")
+    with pytest.raises(typer.Exit) as exited:
+        main(["models.custom_cnn.head.dropout=0.2,0.3"], root=str(tmp_path))
+    assert exited.value.exit_code == 1
+    assert capsys.readouterr().err == (
+        f"sweep: error: {tmp_path / 'params.yaml'}:3:1: duplicate key 'models' (first at line "
+        "1)  (--debug shows the traceback)\n")
 
 
 @pytest.mark.slow

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -288,3 +292,73 @@ def project_copy(source: Path, target: Path, commit: bool = False) -> Path:
 def ran_stages(output: str) -> set[str]:
     """Stages a `dvc repro` output says it ran."""
     return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture
+def deny_reading(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
+    """Make a file or folder unreadable: chmod 000, and where that does not deny (tests run as
+    root, or with CAP_DAC_OVERRIDE) os.open and os.scandir fail on it with EACCES as the
+    kernel would."""
+    denied: list[tuple[Path, int]] = []
+
+    def refuse(function: Callable, path: str) -> Callable:
+        def guarded(target: Any = ".", *args: Any, **kwargs: Any) -> Any:
+            if not isinstance(target, int) and os.fspath(target) == path:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+            return function(target, *args, **kwargs)
+        return guarded
+
+    def deny(path: Path) -> None:
+        mode = path.stat().st_mode
+        denied.append((path, mode))
+        path.chmod(0)
+        try:
+            os.scandir(path).close() if path.is_dir() else path.open("rb").close()
+        except PermissionError:
+            return  # the kernel denies it
+        monkeypatch.setattr(os, "open", refuse(os.open, os.fspath(path)))
+        monkeypatch.setattr(os, "scandir", refuse(os.scandir, os.fspath(path)))
+
+    yield deny
+    for path, mode in denied:
+        path.chmod(mode)
+
+
+def start_writer(target: Path, fork: bool = False) -> tuple[subprocess.Popen, Path, int]:
+    """A process in the middle of writing `target` with `atomic_path`: the process, its
+    temporary folder (kill the process to leave it as a killed stage does) and, with `fork`,
+    the pid of a child it forked meanwhile (as ingest's pool workers are), else 0."""
+    code = textwrap.dedent("""
+        import os, sys, time
+        from rarespecies.core.files import atomic_path
+        with atomic_path(sys.argv[1]) as tmp:
+            tmp.mkdir()
+            (tmp / "part.jpg").write_bytes(bytes(1000))
+            child = 0
+            if sys.argv[2] == "1":
+                started, ready = os.pipe()
+                child = os.fork()
+                if child == 0:  # fork's handlers have run once the child runs its own code
+                    os.write(ready, b"1")
+                    time.sleep(600)
+                    os._exit(0)
+                os.read(started, 1)
+            print(tmp.parent, child, flush=True)
+            time.sleep(600)
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target), str(int(fork))],
+                            stdout=subprocess.PIPE, text=True)
+    temporary, _, child = proc.stdout.readline().strip().rpartition(" ")  # "" if it failed
+    if not (Path(temporary).is_dir() and Path(temporary).parent == target.parent):
+        proc.kill()
+        raise AssertionError(f"the writer of {target} did not start: {temporary!r}")
+    return proc, Path(temporary), int(child)
+
+
+def killed_writer(target: Path) -> Path:
+    """The temporary folder a writer of `target` leaves when it is killed (SIGKILL)."""
+    proc, temporary, _ = start_writer(target)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    return temporary

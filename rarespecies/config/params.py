@@ -31,7 +31,7 @@ class DataParams(_Strict):
 
 class IngestParams(_Strict):
     max_side: int = Field(512, ge=32, description="longest side of normalized images, px")
-    max_pixels: int = Field(200_000_000, gt=0, description="larger images are quarantined")
+    max_pixels: int = Field(100_000_000, gt=0, description="larger images are quarantined")
     jpeg_quality: int = Field(95, ge=50, le=100)
     workers: int = Field(0, ge=0, description="decode processes; 0 = one per core")
 

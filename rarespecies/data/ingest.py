@@ -3,7 +3,8 @@ manifest and report.
 
 Every metadata row and every file is accounted for in `reports/ingest.json`: a row is either
 in the manifest or quarantined with its reason, an image file without a row is quarantined,
-and any other file is listed as ignored. A bad file never crashes the stage.
+and any other file is listed as ignored. A bad file (undecodable, too large, a symlink loop, a
+FIFO or device, unreadable) never crashes or blocks the stage: it is quarantined with its reason.
 """
 
 from __future__ import annotations
@@ -15,8 +16,15 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from rarespecies.core.files import atomic_path, write_json
-from rarespecies.data.layouts import TAXONOMY, IngestError, Row, read_listing
+from rarespecies.core.files import (
+    UnreadableFile,
+    atomic_path,
+    file_problem,
+    open_regular,
+    walk_files,
+    write_json,
+)
+from rarespecies.data.layouts import TAXONOMY, IngestError, Row, read_listing, real_path
 from rarespecies.runtime.images import IMAGE_SUFFIXES, ImageError, open_rgb
 
 __all__ = ["MANIFEST_COLUMNS", "TAXONOMY", "IngestError", "ingest"]
@@ -28,12 +36,14 @@ MANIFEST_COLUMNS = ["id", "label", *TAXONOMY, "eol_content_id", "eol_page_id", "
 def _decode(job: tuple[Row, Path, int, int, int]) -> dict:
     """Decode one source image and write its normalized JPEG (runs in a worker process)."""
     row, out_dir, max_side, max_pixels, quality = job
-    data = row.source.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
     try:
-        img, (width, height) = open_rgb(row.source, max_side, max_pixels)
-    except ImageError as error:
-        return {"row": row, "sha256": digest, "error": str(error)}
+        # One opening for the hash and the decode, streamed: the file is never held in memory.
+        with open_regular(row.source) as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            handle.seek(0)
+            img, (width, height) = open_rgb(handle, max_side, max_pixels)
+    except (ImageError, UnreadableFile) as error:
+        return {"row": row, "error": str(error)}
     target = out_dir / f"{digest[:24]}.jpg"
     img.save(target, "JPEG", quality=quality, subsampling=0)
     return {"row": row, "sha256": digest, "width": width, "height": height,
@@ -64,16 +74,18 @@ def ingest(data_dir: Path, images_dir: Path, manifest_path: Path, report_path: P
 
     listing = read_listing(data_dir)
     quarantined = list(listing.quarantined)
-    metadata_files = {listing.metadata.resolve(), (data_dir / "metadata/licenses.csv").resolve()}
-    listed = {r.source.resolve() for r in listing.rows} | {
-        (data_dir / q["path"]).resolve() for q in quarantined if q["path"]}
-    files = sorted(p for p in data_dir.rglob("*") if p.is_file() or p.is_symlink())
+    metadata_files = {real_path(listing.metadata), real_path(data_dir / "metadata/licenses.csv")}
+    listed = {real_path(r.source) for r in listing.rows} | {
+        real_path(data_dir / q["path"]) for q in quarantined if q["path"]}
+    # Every entry but folders, symlinks included and never followed (a loop cannot recurse).
+    files, unlistable = walk_files(data_dir)
     image_files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    unlisted = [p for p in image_files if p.resolve() not in listed]
-    quarantined += [{"line": None, "path": p.relative_to(data_dir).as_posix(),
-                     "reason": "image file has no metadata row"} for p in unlisted]
+    unlisted = [_unlisted(p, data_dir) for p in image_files if real_path(p) not in listed]
+    unlisted += [{"line": None, "path": f"{p.relative_to(data_dir).as_posix()}/",
+                  "reason": f"folder cannot be listed ({why})"} for p, why in unlistable]
+    quarantined += unlisted
     ignored = [p.relative_to(data_dir).as_posix() for p in files
-               if p.suffix.lower() not in IMAGE_SUFFIXES and p.resolve() not in metadata_files]
+               if p.suffix.lower() not in IMAGE_SUFFIXES and real_path(p) not in metadata_files]
 
     manifest: list[dict] = []
     by_hash: dict[str, str] = {}
@@ -125,3 +137,10 @@ def ingest(data_dir: Path, images_dir: Path, manifest_path: Path, report_path: P
     assert report["ingested"] + report["quarantined_rows"] == report["metadata_rows"]
     write_json(report_path, report)
     return report
+
+
+def _unlisted(path: Path, data_dir: Path) -> dict:
+    """The quarantine entry of an image file no metadata row names."""
+    problem = file_problem(path)
+    return {"line": None, "path": path.relative_to(data_dir).as_posix(),
+            "reason": "image file has no metadata row" + (f" ({problem})" if problem else "")}

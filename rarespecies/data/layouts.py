@@ -5,15 +5,20 @@
   `dataset/<Kingdom-Phylum-Class-Order-Family-Genus-species>/<content>_<page>_...jpg`
 
 Rows that cannot be ingested are returned as quarantine entries with their reason, never
-dropped; a file that cannot be read at all (missing, wrong header) is an `IngestError`.
+dropped (a missing file, a symlink loop, a FIFO or device, an unreadable file); a metadata
+file that cannot be read at all (missing, wrong header, not UTF-8) is an `IngestError`.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rarespecies.core.files import file_problem, walk_files
 from rarespecies.runtime.images import IMAGE_SUFFIXES
 
 TAXONOMY = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
@@ -94,7 +99,7 @@ def read_listing(data_dir: Path) -> Listing:
     rows: list[Row] = []
     quarantined: list[dict] = []
     seen_ids: dict[str, int] = {}
-    with metadata.open(newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(_read_text(metadata), newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in header if c not in (reader.fieldnames or [])]
         if missing:
@@ -115,6 +120,25 @@ def read_listing(data_dir: Path) -> Listing:
     return Listing(layout, metadata, rows, quarantined, line - 1)
 
 
+def _read_text(metadata: Path) -> str:
+    """The metadata file as text (UTF-8, with or without a byte order mark).
+
+    Raises:
+        IngestError: it is not UTF-8, naming the byte, its line and column, and the fix.
+    """
+    data = metadata.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        start = error.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise IngestError(
+            f"{metadata} is not UTF-8 (byte 0x{data[start]:02x} at line {line}, column "
+            f"{column}): re-save it as UTF-8, e.g. from Latin-1: iconv -f latin1 -t utf-8 "
+            f"'{metadata}' > utf8.csv && mv utf8.csv '{metadata}'") from None
+
+
 def _course_path(values: dict[str, str]) -> str:
     return values["file_path"]
 
@@ -122,7 +146,7 @@ def _course_path(values: dict[str, str]) -> str:
 def _hf_locator(data_dir: Path):
     """Map a catalogue row to its image: the documented path, else the file named by its ids."""
     by_ids: dict[str, str] = {}
-    for file in sorted((data_dir / "dataset").rglob("*")):
+    for file in walk_files(data_dir / "dataset")[0]:  # ingest reports unlistable folders
         if file.suffix.lower() in IMAGE_SUFFIXES:
             # File names start with <eol_content_id>_<eol_page_id>_ whatever the suffix spelling.
             by_ids.setdefault("_".join(file.name.split("_")[:2]), file.relative_to(data_dir)
@@ -150,9 +174,13 @@ def _row_problem(record: dict, values: dict[str, str], id_column: str, path: str
     if values[id_column] in seen_ids:
         return f"duplicate id of line {seen_ids[values[id_column]]}"
     source = data_dir / path
-    # resolve() follows symlinks, so a link pointing outside is caught as well as "../".
-    if Path(path).is_absolute() or not source.resolve().is_relative_to(data_dir.resolve()):
+    # realpath() follows symlinks, so a link pointing outside is caught as well as "../"
+    # (and, unlike Path.resolve(), it does not raise on a symlink loop).
+    if Path(path).is_absolute() or not real_path(source).is_relative_to(real_path(data_dir)):
         return "file_path leaves the data folder"
-    if not source.is_file():
-        return "file missing"
-    return None
+    return file_problem(source)
+
+
+def real_path(path: Path) -> Path:
+    """`path` with every symlink followed as far as it goes; a loop is left where it loops."""
+    return Path(os.path.realpath(path))

@@ -22,10 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rarespecies.runtime.images import IMAGE_SUFFIXES, ImageError, open_rgb, resize_for_model
+from rarespecies.runtime.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    ImageError,
+    open_rgb,
+    resize_for_model,
+)
 from rarespecies.runtime.session import open_session
-
-MAX_PIXELS = 200_000_000
 
 
 class ModelError(ValueError):

@@ -15,6 +15,7 @@ from conftest import (
     EOL_SAMPLE,
     HF_CATALOG,
     hf_image_path,
+    killed_writer,
     require_shared,
     taxonomy_rows,
     write_hf_folder,
@@ -80,6 +81,70 @@ def test_bad_inputs_are_quarantined_and_counted(course_folder, tmp_path):
         assert any(fragment in reason for _, reason in reasons), fragment
     escapes = [q for q in report["quarantine"] if q["reason"] == "file_path leaves the data folder"]
     assert len(escapes) == 3
+
+
+def test_what_cannot_be_read_is_quarantined_and_the_stage_goes_on(course_folder, tmp_path,
+                                                                 deny_reading):
+    data, rows = course_folder
+    label = data / "chordata_ardeidae"
+    os.symlink("loop.jpg", label / "loop.jpg")            # a file loop, listed
+    os.symlink("loop2.jpg", label / "loop2.jpg")          # a file loop, not listed
+    os.symlink("..", label / "up")                        # a folder loop
+    os.mkfifo(label / "pipe.jpg")                         # a FIFO, listed
+    os.mkfifo(label / "pipe2.jpg")                        # a FIFO, not listed
+    os.symlink("gone.jpg", label / "dangling.jpg")        # a dangling link, listed
+    deny_reading(data / rows[0]["file_path"])             # permission denied, listed
+    (data / "locked").mkdir()
+    deny_reading(data / "locked")                         # a folder that cannot be listed
+    extra = [dict(rows[1], rare_species_id=name, file_path=f"chordata_ardeidae/{name}.jpg")
+             for name in ("loop", "pipe", "dangling")]
+    write_metadata(data, rows + extra)
+    report, manifest = run_ingest(data, tmp_path)
+    assert report["ingested"] == len(rows) - 1 == len(manifest)
+    assert report["ingested"] + report["quarantined_rows"] == report["metadata_rows"]
+    assert {(q["path"], q["reason"]) for q in report["quarantine"]} == {
+        (rows[0]["file_path"], "permission denied"),
+        ("chordata_ardeidae/loop.jpg", "symlink loop"),
+        ("chordata_ardeidae/pipe.jpg", "FIFO, not a regular file"),
+        ("chordata_ardeidae/dangling.jpg", "dangling symlink"),
+        ("chordata_ardeidae/loop2.jpg", "image file has no metadata row (symlink loop)"),
+        ("chordata_ardeidae/pipe2.jpg",
+         "image file has no metadata row (FIFO, not a regular file)"),
+        ("locked/", "folder cannot be listed (permission denied)")}
+    assert report["ignored_files"] == ["chordata_ardeidae/up"]  # listed, never followed
+
+
+def test_a_killed_runs_temporary_images_are_removed_by_the_next_run(course_folder, tmp_path):
+    data, rows = course_folder
+    leftover = killed_writer(tmp_path / "out/images")  # what a killed ingest leaves
+    report, _ = run_ingest(data, tmp_path)
+    assert report["ingested"] == len(rows) and not leftover.exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "images", "ingest.json", "manifest.csv"]
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_metadata_that_is_not_utf8_names_the_byte_and_the_fix(course_folder, tmp_path, bom):
+    data, rows = course_folder
+    write_metadata(data, [*rows[:2], dict(rows[2], family="ardéidae")])
+    metadata = data / "metadata.csv"
+    # As a Latin-1 editor saves it (with a UTF-8 byte order mark left in front, or not).
+    metadata.write_bytes(bom + metadata.read_text().encode("latin-1"))
+    column = metadata.read_bytes().split(b"\n")[3].index(b"\xe9") + 1
+    with pytest.raises(IngestError) as error:
+        run_ingest(data, tmp_path)
+    assert str(error.value) == (
+        f"{metadata} is not UTF-8 (byte 0xe9 at line 4, column {column}): re-save it as UTF-8, "
+        f"e.g. from Latin-1: iconv -f latin1 -t utf-8 '{metadata}' > utf8.csv && mv utf8.csv "
+        f"'{metadata}'")
+
+
+def test_metadata_with_a_byte_order_mark_is_read(course_folder, tmp_path):
+    data, rows = course_folder
+    metadata = data / "metadata.csv"
+    metadata.write_bytes(b"\xef\xbb\xbf" + metadata.read_bytes())  # as Excel saves UTF-8
+    report, _ = run_ingest(data, tmp_path)
+    assert report["ingested"] == len(rows)
 
 
 def test_header_without_a_column_is_a_clear_error(course_folder, tmp_path):

@@ -12,16 +12,15 @@ socket), a symlink loop, a dangling symlink or a folder that cannot be listed be
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rarespecies.core.files import file_problem
 from rarespecies.runtime.images import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
@@ -53,7 +52,7 @@ class Classifier:
 
     def __init__(self, model_path: Path, threads: int = 0) -> None:
         self.name = name = printable(str(model_path))
-        if problem := unreadable(Path(model_path)):
+        if problem := file_problem(model_path):
             raise ModelError(f"{name}: {problem}")
         try:
             self.session = open_session(model_path, threads)
@@ -139,35 +138,6 @@ def printable(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def unreadable(path: Path) -> str | None:
-    """Why `path` is not a regular file that can be opened, found without opening it (opening
-    a FIFO blocks until something writes to it); None for a regular file.
-
-    Args:
-        path: a file, or a symlink to one.
-
-    Returns:
-        The reason, or None.
-    """
-    try:
-        mode = path.stat().st_mode
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return "a symlink loop"
-        if error.errno == errno.ENOENT:
-            return (f"a dangling symlink (to {printable(os.readlink(path))})"
-                    if path.is_symlink() else "not found")
-        return f"cannot read it: {error.strerror}"
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((kind for test, kind in _KINDS if test(mode)), "a special file")
-    return f"{kind}, not a regular file"
-
-
 def image_files(targets: Iterable[Path]) -> Iterator[Path | Prediction]:
     """Expand folders (recursively, sorted) into image files; files are kept as given.
 
@@ -195,7 +165,7 @@ def _walk(folder: Path, above: tuple[tuple[int, int], ...]) -> Iterator[Path | P
         info = folder.stat()
         here = (info.st_dev, info.st_ino)
         if here in above:
-            yield Prediction(folder, [], "skipped: a symlink loop (leads back to a folder above)")
+            yield Prediction(folder, [], "skipped: symlink loop (leads back to a folder above)")
             return
         with os.scandir(folder) as listing:
             entries = sorted(listing, key=lambda entry: entry.name)
@@ -241,7 +211,7 @@ def predict(classifier: Classifier, paths: Iterable[Path | Prediction], top_k: i
         problem = None
         if isinstance(path, Prediction):
             problem = path
-        elif reason := unreadable(path):  # before opening: a FIFO would block
+        elif reason := file_problem(path):  # checked without blocking on a FIFO
             problem = Prediction(path, [], f"skipped: {reason}")
         else:
             try:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rarespecies.core.files import NotUtf8, read_utf8
+
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -355,11 +357,9 @@ def raw_params(path: str | Path = PARAMS_FILE) -> dict:
     if not path.is_file():
         raise ParamsError(f"{path} not found: run from the project root")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        line = error.object.count(b"\n", 0, error.start) + 1
-        raise ParamsError(f"{path}:{line}: not UTF-8 text (byte {error.object[error.start]:#x}: "
-                          f"{error.reason}); save it as UTF-8") from None
+        text = read_utf8(path)
+    except NotUtf8 as error:
+        raise ParamsError(str(error)) from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:

@@ -3,6 +3,7 @@ and input that is read without ever blocking on something that is not a regular 
 
 from __future__ import annotations
 
+import codecs
 import errno
 import fcntl
 import glob
@@ -35,6 +36,10 @@ os.register_at_fork(after_in_child=_release_in_child)
 
 class UnreadableFile(OSError):
     """A path that is not a readable regular file; the message is the reason."""
+
+
+class NotUtf8(ValueError):
+    """A text file that is not UTF-8; the message names the byte, where it is, and the fix."""
 
 
 @contextmanager
@@ -206,6 +211,25 @@ def _why(path: Path, error: OSError) -> str:
     if error.errno in (errno.ENOENT, errno.ENOTDIR):
         return "dangling symlink" if path.is_symlink() else "file missing"
     return (error.strerror or str(error)).lower()
+
+
+def read_utf8(path: str | Path) -> str:
+    """A text file people edit (metadata, catalogue, params), as UTF-8 with or without a BOM.
+
+    Raises:
+        NotUtf8: `file:line:column:` of the first bad byte, and the fix.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        start = error.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise NotUtf8(
+            f"{path}:{line}:{column}: not UTF-8 (byte 0x{data[start]:02x}): re-save it as UTF-8, "
+            f"e.g. from Latin-1: iconv -f latin1 -t utf-8 '{path}' > utf8.tmp && mv utf8.tmp "
+            f"'{path}'") from None
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -11,14 +11,13 @@ file that cannot be read at all (missing, wrong header, not UTF-8) is an `Ingest
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rarespecies.core.files import file_problem, walk_files
+from rarespecies.core.files import NotUtf8, file_problem, read_utf8, walk_files
 from rarespecies.runtime.images import IMAGE_SUFFIXES
 
 TAXONOMY = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
@@ -99,7 +98,11 @@ def read_listing(data_dir: Path) -> Listing:
     rows: list[Row] = []
     quarantined: list[dict] = []
     seen_ids: dict[str, int] = {}
-    with io.StringIO(_read_text(metadata), newline="") as handle:
+    try:
+        text = read_utf8(metadata)
+    except NotUtf8 as error:
+        raise IngestError(str(error)) from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in header if c not in (reader.fieldnames or [])]
         if missing:
@@ -118,25 +121,6 @@ def read_listing(data_dir: Path) -> Listing:
                             values["eol_page_id"], path, data_dir / path,
                             {k: values.get(k, "") for k in TAXONOMY}))
     return Listing(layout, metadata, rows, quarantined, line - 1)
-
-
-def _read_text(metadata: Path) -> str:
-    """The metadata file as text (UTF-8, with or without a byte order mark).
-
-    Raises:
-        IngestError: it is not UTF-8, naming the byte, its line and column, and the fix.
-    """
-    data = metadata.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        start = error.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
-        line = data.count(b"\n", 0, start) + 1
-        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
-        raise IngestError(
-            f"{metadata} is not UTF-8 (byte 0x{data[start]:02x} at line {line}, column "
-            f"{column}): re-save it as UTF-8, e.g. from Latin-1: iconv -f latin1 -t utf-8 "
-            f"'{metadata}' > utf8.csv && mv utf8.csv '{metadata}'") from None
 
 
 def _course_path(values: dict[str, str]) -> str:

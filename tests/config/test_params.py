@@ -134,8 +134,9 @@ models:
     (b"ingest:\n  max_side: [1, 2\n", "3:1: expected ',' or ']', but got '<stream end>' (while "
                                       "parsing a flow sequence at line 2)"),
     (b"data:\n  dir: \"d\x00\"\n", "2:10: character U+0000 is not allowed in YAML"),
-    (b"data:\n  dir: d\xe9\n", "2: not UTF-8 text (byte 0xe9: invalid continuation byte); "
-                              "save it as UTF-8"),
+    (b"data:\n  dir: d\xe9\n", "2:9: not UTF-8 (byte 0xe9): re-save it as UTF-8, e.g. from "
+                              "Latin-1: iconv -f latin1 -t utf-8 '{path}' > utf8.tmp && mv "
+                              "utf8.tmp '{path}'"),
     (b"- data\n", " the top level is a list, not a mapping of sections (data, ingest, models...)"),
 ], ids=["duplicate-nested", "duplicate-top-level", "mapping", "unclosed", "nul", "latin-1",
         "list"])
@@ -144,7 +145,7 @@ def test_a_bad_params_file_is_one_line_naming_its_place(tmp_path, content, messa
     path.write_bytes(content)
     with pytest.raises(ParamsError) as raised:
         read_params(path)
-    assert str(raised.value) == f"{path}:{message}"
+    assert str(raised.value) == f"{path}:{message}".replace("{path}", str(path))
 
 
 def test_merge_keys_may_override_what_they_merge(tmp_path):

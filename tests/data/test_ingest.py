@@ -134,8 +134,8 @@ def test_metadata_that_is_not_utf8_names_the_byte_and_the_fix(course_folder, tmp
     with pytest.raises(IngestError) as error:
         run_ingest(data, tmp_path)
     assert str(error.value) == (
-        f"{metadata} is not UTF-8 (byte 0xe9 at line 4, column {column}): re-save it as UTF-8, "
-        f"e.g. from Latin-1: iconv -f latin1 -t utf-8 '{metadata}' > utf8.csv && mv utf8.csv "
+        f"{metadata}:4:{column}: not UTF-8 (byte 0xe9): re-save it as UTF-8, e.g. from "
+        f"Latin-1: iconv -f latin1 -t utf-8 '{metadata}' > utf8.tmp && mv utf8.tmp "
         f"'{metadata}'")
 
 

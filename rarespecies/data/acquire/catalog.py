@@ -10,11 +10,14 @@ file names and values become metadata.csv cells.
 from __future__ import annotations
 
 import csv
+import io
 import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from rarespecies.core.files import NotUtf8, read_utf8
 
 __all__ = ["CatalogError", "Item", "is_http", "load", "read_csv"]
 
@@ -57,12 +60,14 @@ def read_csv(path: Path, what: str) -> tuple[list[str], list[tuple[int, dict]]]:
         CatalogError: unreadable, not UTF-8 or not CSV; the message names `what` and `path`.
     """
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with io.StringIO(read_utf8(path), newline="") as handle:
             reader = csv.DictReader(handle)
             rows = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items()
                                        if isinstance(k, str)}) for row in reader]
             return [name.strip() for name in reader.fieldnames or []], rows
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+    except NotUtf8 as error:
+        raise CatalogError(f"{what} {error}") from None
+    except (OSError, csv.Error) as error:
         raise CatalogError(f"{what} {path}: cannot read it as CSV ({error})") from error
 
 

@@ -295,6 +295,16 @@ def test_unusable_taxonomy_or_missing_catalogue_is_a_catalog_error(tmp_path: Pat
         download_catalog(tmp_path / "nowhere.csv", tmp_path / "data", tmp_path / "r.json")
 
 
+def test_a_catalogue_that_is_not_utf8_names_the_byte_and_the_fix(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_bytes(b"eol_content_id,eol_page_id,md5,phylum,family\n1,2,x,chordata,ard\xe9\n")
+    with pytest.raises(CatalogError) as error:
+        download_catalog(catalog, tmp_path / "data", tmp_path / "r.json")
+    assert str(error.value).startswith(
+        f"catalogue {catalog}:2:19: not UTF-8 (byte 0xe9): re-save it as UTF-8")
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("layout", ["course", "hugging-face"])
 def test_taxonomy_is_joined_from_a_separate_file(tmp_path: Path, server: EolServer,
                                                  layout: str) -> None:

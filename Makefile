@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The Node.js consumer of the exported model (tests/export/test_consumers.py runs it).
+NODE_DIR := consumers/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 # DVC runs each stage's `python -m ...` through the shell: it must find the venv's python.
 export PATH := $(abspath $(BIN)):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -24,7 +27,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[pipeline,dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+# --ignore-scripts: onnxruntime-node's postinstall downloads GPU binaries from a host outside
+# the npm registry; the CPU binaries ship in the package itself.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "make: npm not found: install Node.js 20 or later"; exit 1; }
+	cd $(NODE_DIR) && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
+install: $(STAMP) $(NODE_STAMP)
 
 # data/ must match data.dvc: dvc pull from a configured remote, else the embedded sample.
 data: $(STAMP)
@@ -40,15 +50,15 @@ repro: data
 	@echo "ONNX:     export/model.onnx  (benchmark: metrics/benchmark.json)"
 
 # Two workers: the tests that share the tiny pipeline run stay on one (conftest.py).
-test: data
+test: data $(NODE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf artifacts models dvclive dvc_plots .pytest_cache
+	rm -rf artifacts models dvclive dvc_plots .pytest_cache $(NODE_DIR)/node_modules

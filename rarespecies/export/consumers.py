@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rarespecies.export.portable import make_portable
 from rarespecies.runtime.session import open_session, probabilities
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "consumers" / "node"
@@ -246,8 +247,6 @@ def check_model(model: Path, pixels: np.ndarray, batch_size: int = 8,
         onnxruntime-node's result, OpenCV's, and OpenCV's on the rewritten copy when
         `fold_reduce_unsqueeze` changed anything.
     """
-    from rarespecies.export.portable import make_portable
-
     expected = reference(model, pixels, batch_size)
     results = [run_node(model, pixels, expected, batch_size),
                run_opencv(model, pixels, expected, batch_size)]

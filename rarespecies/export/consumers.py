@@ -277,7 +277,8 @@ def markdown_table(results: list[ConsumerResult], tolerance: float = 1e-4) -> st
             outcome, diff, agree = f"refused: `{r.error}`", "-", "-"
         else:
             same = r.max_abs_diff is not None and r.max_abs_diff <= tolerance
-            outcome = f"runs, {'same' if same else 'DIFFERENT'} probabilities (≤ {tolerance:g})"
+            outcome = (f"runs, same probabilities (≤ {tolerance:g})" if same else
+                       f"runs, DIFFERENT probabilities (> {tolerance:g})")
             diff, agree = f"{r.max_abs_diff:.2e}", f"{r.top1_agreement:.1%}"
         rows.append(f"| {r.model} | {r.runtime} | {outcome} | {diff} | {agree} |")
     return "\n".join(rows)

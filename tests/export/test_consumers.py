@@ -83,7 +83,7 @@ def test_markdown_table_shows_refusals_and_parity():
     assert len(lines) == 5
     assert "runs, same probabilities" in lines[2] and "2.00e-07" in lines[2]
     assert "refused: `boom`" in lines[3]
-    assert "DIFFERENT" in lines[4] and "90.0%" in lines[4]
+    assert "DIFFERENT probabilities (> 0.0001)" in lines[4] and "90.0%" in lines[4]
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ CONFIDENCE = 0.95
 WARMUP = 2  # calls per model before timing: first calls allocate and tune
 
 PASS, SLOWER, UNJUDGED = "pass", "slower", "unjudged"
+CLOCK: Callable[[], float] = time.perf_counter  # seconds; tests script it to force an outcome
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def judge(low: float, high: float, ratio: float, params: PromoteParams) -> str |
 
 def measure_ratio(candidate: Callable[[], object], baseline: Callable[[], object],
                   baseline_name: str, params: PromoteParams,
-                  clock: Callable[[], float] = time.perf_counter) -> LatencyVerdict:
+                  clock: Callable[[], float] | None = None) -> LatencyVerdict:
     """Time `candidate` against `baseline`, interleaved, until the ratio can be judged.
 
     Args:
@@ -125,11 +126,12 @@ def measure_ratio(candidate: Callable[[], object], baseline: Callable[[], object
         baseline: one batch-1 inference of the model it is compared with.
         baseline_name: how the verdict names the baseline ("promoted v3").
         params: the limit, the interval width, pairs per round and the rounds budget.
-        clock: seconds counter.
+        clock: seconds counter (default CLOCK).
 
     Returns:
         The verdict: PASS, SLOWER or UNJUDGED with the figures.
     """
+    clock = clock or CLOCK
     for _ in range(WARMUP):
         candidate()
         baseline()

@@ -22,7 +22,9 @@ from rarespecies.ops.promotion import NotPromoted, md5, read_registry
 
 from conftest import ROOT, project_copy, run, tiny_params
 
-slow = pytest.mark.slow
+# Every test here starts a Prefect test server (the convention: such tests are slow); the
+# decision logic itself is tested fast in tests/ops.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,6 @@ def _head(project: Path) -> str:
     return run("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
 
 
-@slow
 def test_first_run_promotes_and_a_second_changes_nothing(project, harness):
     first = retrain(str(project))
     assert first["promoted"] and first["reason"].startswith("first promotion")
@@ -81,7 +82,6 @@ def test_first_run_promotes_and_a_second_changes_nothing(project, harness):
     assert run("git", "status", "--porcelain", cwd=project).stdout == ""
 
 
-@slow
 def test_served_and_deployed_keep_their_own_schedule_and_pool(harness, tmp_path):
     """`prefect deploy --all` (prefect.yaml) and what `serve` registers, applied in both orders
     to one server: neither changes the other's schedule, pool or paused state."""
@@ -128,7 +128,6 @@ def test_served_and_deployed_keep_their_own_schedule_and_pool(harness, tmp_path)
         retraining.check_serve_name("weekly", module.PREFECT_YAML, SERVE_NAME)
 
 
-@slow
 def test_a_candidate_on_new_data_is_judged_on_its_test_split_and_can_be_refused(project,
                                                                                harness):
     """New data acquired by the run itself, and a changed head: everything reruns, the promoted

@@ -111,3 +111,18 @@ def test_serve_may_not_take_a_name_prefect_yaml_declares(tmp_path):
                        r".*choose another --name \(default 'served'\)$"):
         check_serve_name("weekly", prefect_yaml, "served")
     assert declared_deployments(tmp_path / "missing.yaml") == set()
+
+
+def test_no_stage_declares_the_promote_params():
+    """`promote:` is read by the retrain flow at decision time, never by a stage: declared in
+    dvc.yaml, a change of a gate's setting would rerun stages for nothing."""
+    import yaml
+
+    from conftest import ROOT
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    # an entry is a params.yaml key, or {file: [keys]} for another params file
+    declared = [str(key) for stage in stages.values() for entry in stage.get("params", [])
+                for key in ([k for keys in entry.values() for k in keys or []]
+                            if isinstance(entry, dict) else [entry])]
+    assert declared and not [key for key in declared if key.split(".")[0] == "promote"]

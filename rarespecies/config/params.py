@@ -206,8 +206,16 @@ class PromoteParams(_Strict):
 
     min_gain: float = Field(0.01, ge=0, le=1, description="test macro F1 gain over the "
                             "promoted model (0.01 = one point)")
-    max_p50_ms: float = Field(250.0, gt=0, description="onnxruntime fp32 batch-1 p50 limit, "
-                              "as measured by the benchmark stage")
+    max_latency_ratio: float = Field(1.1, gt=0, description="candidate's batch-1 latency over "
+                                     "the promoted model's, measured interleaved at decision "
+                                     "time (1.1 = at most 10% slower)")
+    latency_ci_width: float = Field(0.1, gt=0, description="a 95% interval of that ratio wider "
+                                    "than this (high / low - 1) cannot judge, unless it lies "
+                                    "wholly on one side of the limit")
+    latency_pairs: int = Field(10, ge=6, description="interleaved pairs per round (6 is the "
+                               "fewest that give a 95% interval)")
+    latency_rounds: int = Field(6, ge=1, description="rounds before the gate gives up as "
+                                "unjudgeable")
 
 
 class Params(_Strict):

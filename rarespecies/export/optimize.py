@@ -226,6 +226,38 @@ def _per_column(values: np.ndarray, columns: int) -> np.ndarray | None:
     return np.broadcast_to(values.reshape(-1), (columns,)).astype(np.float32)
 
 
+class ChannelsLastResidual(pattern.RewriteRuleClassBase):
+    """`r + Transpose(y → NCHW)` -> `Transpose((Transpose(r → NHWC) + y) → NCHW)`.
+
+    ConvNeXt's residual sum happens in tf2onnx's NCHW, its branch ends in NHWC: one transpose
+    per block. Adding in NHWC instead makes the next block's transpose of the sum cancel
+    (`TransposePair`), so the residual stream stays channels-last; onnxruntime folds the
+    remaining transposes in front of each depthwise convolution into its NCHWc reorders.
+    """
+
+    def pattern(self, op, residual, branch):
+        return op.Add(residual, op.Transpose(branch, perm=_CHANNELS_FIRST))
+
+    def rewrite(self, op, residual, branch):
+        total = op.Add(op.Transpose(residual, perm=_CHANNELS_LAST), branch)
+        return op.Transpose(total, perm=_CHANNELS_FIRST)
+
+
+class TransposePair(pattern.RewriteRuleClassBase):
+    """`Transpose(Transpose(x → NCHW) → NHWC)` -> `x`, even when the inner transpose has other
+    readers (they keep it); onnxscript's own rule only removes a pair that nothing else reads.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("TransposePair", remove_nodes=False)
+
+    def pattern(self, op, x):
+        return op.Transpose(op.Transpose(x, perm=_CHANNELS_FIRST), perm=_CHANNELS_LAST)
+
+    def rewrite(self, op, x):
+        return op.Identity(x)
+
+
 RULES = pattern.RewriteRuleSet([
     *(ChannelsFirstLayerNorm.rule(with_beta=beta, reshaped_mean=reshaped)
       for beta in (True, False) for reshaped in (True, False)),
@@ -233,6 +265,8 @@ RULES = pattern.RewriteRuleSet([
     TensordotMatMul.rule(),
     ScaledMatMul.rule(with_bias=True),
     ScaledMatMul.rule(with_bias=False),
+    ChannelsLastResidual.rule(),
+    TransposePair.rule(),
     *_basic_rules.basic_optimization_rules().rules,
     *_no_op.rules,
 ])

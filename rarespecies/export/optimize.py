@@ -282,13 +282,16 @@ def optimize(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Apply the ConvNeXt rewrites (`RULES`) and drop the nodes they leave unused.
 
     Args:
-        proto: a tf2onnx model (its opset and metadata are kept).
+        proto: a tf2onnx model (its opset and metadata are kept); its value_info is replaced
+            by inferred shapes, the rest is left as it was.
 
     Returns:
         A new model of ai.onnx ops; its value_info is dropped (shapes changed).
     """
     # Shapes (with the run-time shape computations propagated) let the rules check ranks.
-    model = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(proto, data_prop=True))
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(_inferred_shapes(proto))
+    model = ir.serde.deserialize_model(proto)
     # A second pass cancels the transpose pairs that the first one created: a pair cancels
     # only once the shape ops that read the middle tensor are gone (TensordotMatMul).
     for _ in range(_PASSES):
@@ -297,6 +300,26 @@ def optimize(proto: onnx.ModelProto) -> onnx.ModelProto:
     optimized = ir.serde.serialize_model(_CLEAN_UP(model).model)
     del optimized.graph.value_info[:]
     return optimized
+
+
+def _inferred_shapes(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """onnx's shape inference on a copy without the weights' numbers (only their shapes count;
+    ConvNeXtBase's 350 MB would be copied twice more), small shape constants kept."""
+    skeleton = onnx.ModelProto(ir_version=proto.ir_version, opset_import=proto.opset_import)
+    graph = skeleton.graph
+    graph.node.extend(proto.graph.node)
+    graph.input.extend(proto.graph.input)
+    graph.output.extend(proto.graph.output)
+    for tensor in proto.graph.initializer:
+        if len(tensor.raw_data) > _SMALL_BYTES:  # an input of the same type and shape
+            graph.input.append(onnx.helper.make_tensor_value_info(
+                tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            graph.initializer.append(tensor)
+    return list(onnx.shape_inference.infer_shapes(skeleton, data_prop=True).graph.value_info)
+
+
+_SMALL_BYTES = 1024
 
 
 def op_counts(proto: onnx.ModelProto) -> dict[str, int]:

@@ -7,7 +7,7 @@ read the ratios against "current", not the milliseconds. ("current" against itse
 noise.)
 
     python benchmarks/session_settings.py export/model.onnx [--runs 15] [--batch-runs 2]
-        [--other before.onnx]
+        [--other before.onnx] [--no-settings]
 
 Columns: load time, batch-1 p50, batch-32 throughput, and each as a ratio to "current".
 "Saved ORT model (basic)" is the graph onnxruntime optimized at the "basic" level and saved
@@ -66,7 +66,7 @@ def _time(session: ort.InferenceSession, images: np.ndarray) -> float:
 
 
 def measure(path: Path, images: np.ndarray, runs: int, batch_runs: int,
-            other: Path | None = None) -> dict[str, dict]:
+            other: Path | None = None, settings_too: bool = True) -> dict[str, dict]:
     """Time every variant in turns with a session of the current settings.
 
     One variant is open at a time (a ConvNeXtBase session at batch 32 holds ~1 GB), next to
@@ -79,6 +79,7 @@ def measure(path: Path, images: np.ndarray, runs: int, batch_runs: int,
         runs: timed batch-1 runs per variant.
         batch_runs: timed batch-32 runs per variant.
         other: another model file to time with the current settings (e.g. before a change).
+        settings_too: time the setting variants (False: `other` only).
 
     Returns:
         Variant name -> {"load_s", "p50_ms", "img_s", "p50_ratio", "img_s_ratio"}, the ratios
@@ -93,6 +94,8 @@ def measure(path: Path, images: np.ndarray, runs: int, batch_runs: int,
                                                THREADS, {})
         variants["saved ORT model (all), no load-time optimisation"] = (
             _saved_model(path, Path(tmp), "all"), THREADS, {"graph_optimization_level": "disable"})
+        if not settings_too:
+            variants = {}
         if other is not None:
             variants = {f"other file: {other.name}": (other, THREADS, {}), **variants}
         current, _ = _load(path, THREADS, {})
@@ -123,13 +126,14 @@ def main(
     batch_runs: Annotated[int, typer.Option(help="timed batch-32 runs per variant")] = 2,
     other: Annotated[Path | None, typer.Option(help="another ONNX file to compare, e.g. the "
                                                     "unoptimized export")] = None,
+    settings: Annotated[bool, typer.Option(help="time the setting variants too")] = True,
 ) -> None:
     """Print a table of the session variants with ratios to the current settings."""
     images, _ = load_split(EXPORT_DIR, "test")
     print(f"{model}, current settings: {describe_session(THREADS)}\n")
     print("| variant | load s | batch-1 p50 ms | vs current | batch-32 img/s | vs current |")
     print("| --- | --- | --- | --- | --- | --- |", flush=True)
-    measure(model, np.asarray(images), runs, batch_runs, other)
+    measure(model, np.asarray(images), runs, batch_runs, other, settings)
     print(f"\n(vs current > 1 is faster; current = {SESSION_SETTINGS})")
 
 

@@ -286,15 +286,21 @@ def optimize(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Apply the ConvNeXt rewrites (`RULES`) and drop the nodes they leave unused.
 
     Args:
-        proto: a tf2onnx model (its opset and metadata are kept); its value_info is replaced
-            by inferred shapes, the rest is left as it was.
+        proto: a tf2onnx model (its opset and metadata are kept); its value_info and any
+            missing output shape are filled in by shape inference, the rest is left as it was.
 
     Returns:
         A new model of ai.onnx ops; its value_info is dropped (shapes changed).
     """
     # Shapes (with the run-time shape computations propagated) let the rules check ranks.
     del proto.graph.value_info[:]
-    proto.graph.value_info.extend(_inferred_shapes(proto))
+    inferred = {value.name: value for value in _inferred_shapes(proto)}
+    for output in proto.graph.output:
+        # onnx_ir reads a graph output's shape from its declaration only: fill a missing one.
+        if not output.type.tensor_type.HasField("shape") and output.name in inferred:
+            output.type.CopyFrom(inferred.pop(output.name).type)
+    outputs = {output.name for output in proto.graph.output}
+    proto.graph.value_info.extend(v for name, v in inferred.items() if name not in outputs)
     model = ir.serde.deserialize_model(proto)
     # A second pass cancels the transpose pairs that the first one created: a pair cancels
     # only once the shape ops that read the middle tensor are gone (TensordotMatMul).
@@ -320,7 +326,8 @@ def _inferred_shapes(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
                 tensor.name, tensor.data_type, list(tensor.dims)))
         else:
             graph.initializer.append(tensor)
-    return list(onnx.shape_inference.infer_shapes(skeleton, data_prop=True).graph.value_info)
+    inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True).graph
+    return [*inferred.value_info, *inferred.output]
 
 
 _SMALL_BYTES = 1024

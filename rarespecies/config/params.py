@@ -179,6 +179,8 @@ class ModelParams(_Strict):
 class ExportParams(_Strict):
     model: str = Field("convnext_full", description="a model name, or 'best' (validation F1)")
     opset: int = Field(17, ge=17, le=18)
+    optimize: bool = Field(True, description="rewrite GELU, LayerNorm and the pointwise "
+                           "convolutions into forms onnxruntime runs fast (export/optimize.py)")
     parity_tolerance: float = Field(1e-4, gt=0)
     min_top1_agreement: float = Field(0.999, gt=0, le=1)
 

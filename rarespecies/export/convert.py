@@ -4,7 +4,8 @@ Two workarounds make Keras 3 ConvNeXt models convertible with tf2onnx 1.17: the 
 use `DepthwiseConv2D` (see `rarespecies.modeling.backbones.to_depthwise`), and exact GELU
 lowers to the TF op `Erfc`, which tf2onnx has no handler for (`register_tf2onnx_fixes`).
 `from_keras` is used because `from_function` and Keras' own ONNX export lose ConvNeXt's
-`Normalization` constants.
+`Normalization` constants. `rarespecies.export.optimize` then rewrites the converted graph
+into forms onnxruntime fuses (standard ONNX ops only).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tensorflow as tf
 
 from rarespecies.core.files import atomic_path
 from rarespecies.export.canonical import canonicalize, hash_nodes_by_creation
+from rarespecies.export.optimize import optimize as optimize_graph
 from rarespecies.runtime.session import INPUT_NAME, OUTPUT_NAME
 
 _fixes_registered = False
@@ -75,7 +77,8 @@ def inference_model(backbone: keras.Model, head: keras.Model, input_size: int) -
     return keras.Model(pixels, probabilities, name="classifier")
 
 
-def convert_to_onnx(model: keras.Model, path: Path, opset: int, metadata: dict[str, str]) -> Path:
+def convert_to_onnx(model: keras.Model, path: Path, opset: int, metadata: dict[str, str],
+                    optimize: bool = True) -> Path:
     """Convert `model` to ONNX with a dynamic batch, validate it and write it atomically.
 
     Args:
@@ -83,6 +86,8 @@ def convert_to_onnx(model: keras.Model, path: Path, opset: int, metadata: dict[s
         path: destination `.onnx` file.
         opset: ONNX opset (tf2onnx 1.17 supports up to 18).
         metadata: string pairs stored in the model's `metadata_props`.
+        optimize: rewrite the graph with `rarespecies.export.optimize.optimize` (fusable GELU,
+            LayerNormalization, 4-D MatMul); False keeps tf2onnx's graph.
 
     Returns:
         `path`, once the file passed `onnx.checker.check_model(full_check=True)`.
@@ -98,6 +103,8 @@ def convert_to_onnx(model: keras.Model, path: Path, opset: int, metadata: dict[s
     for value_info in (*proto.graph.input, *proto.graph.output):
         # tf2onnx names the dynamic batch dimension "unk__<n>"; give it a readable name.
         value_info.type.tensor_type.shape.dim[0].dim_param = "batch"
+    if optimize:
+        proto = optimize_graph(proto)
     canonicalize(proto.graph)
     for key, value in metadata.items():
         proto.metadata_props.add(key=str(key), value=str(value))

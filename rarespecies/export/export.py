@@ -98,7 +98,7 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
 
     Args:
         export_dir: output of the select stage.
-        params: export settings (opset, tolerance).
+        params: export settings (opset, graph optimisation, tolerance).
         out_path: the ONNX file to write.
         report_path: JSON with the choice and the parity figures.
         normalize_max_side: `ingest.max_side`, recorded for consumers of the model.
@@ -112,12 +112,13 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
     metadata = provenance(choice, read_json(export_dir / "labels.json"), paths.DATA_DVC,
                           normalize_max_side)
     keras_model = load_inference_model(export_dir)
-    convert_to_onnx(keras_model, out_path, params.opset, metadata)
+    convert_to_onnx(keras_model, out_path, params.opset, metadata, params.optimize)
     images, _ = load_split(export_dir, "test")
     report = {"model": choice["model"], "reason": choice["reason"]}
     report |= parity(keras_model, out_path, np.asarray(images))
     report |= {"tolerance": params.parity_tolerance,
                "min_top1_agreement": params.min_top1_agreement, "opset": params.opset,
+               "optimized": params.optimize,
                "onnx_mb": round(out_path.stat().st_size / 2**20, 1)}
     try:
         check_parity(report, params.parity_tolerance, params.min_top1_agreement)

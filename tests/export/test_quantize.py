@@ -48,9 +48,46 @@ def test_dynamic_matmul_int8_is_valid_smaller_and_keeps_the_metadata(fp32, tmp_p
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
 
 
-def test_static_quantization_needs_calibration_images(fp32, tmp_path):
-    with pytest.raises(ValueError, match="calibration images"):
-        quantize_model(fp32, tmp_path / "int8.onnx", QuantizeParams(method="static"))
+@pytest.mark.parametrize("method", ["static", "mixed"])
+def test_calibrated_quantization_needs_calibration_images(fp32, tmp_path, method):
+    params = QuantizeParams(method=method, static_op_types=["Conv"] if method == "mixed" else [])
+    with pytest.raises(ValueError, match=f"{method} quantization needs calibration images"):
+        quantize_model(fp32, tmp_path / "int8.onnx", params)
+
+
+def _ops(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_mixed_is_static_on_convolutions_and_dynamic_on_matmuls(fp32, tmp_path):
+    params = QuantizeParams(method="mixed", static_op_types=["Conv"], op_types=["MatMul"],
+                            calibration_images=4)
+    images = np.random.default_rng(1).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    out = quantize_model(fp32, tmp_path / "int8.onnx", params, images)
+    onnx.checker.check_model(str(out), full_check=True)
+    model = onnx.load(str(out))
+    conv_inputs = {name for node in model.graph.node if node.op_type == "Conv"
+                   for name in node.input}
+    dequantized = {node.output[0] for node in model.graph.node
+                   if node.op_type == "DequantizeLinear"}
+    assert conv_inputs & dequantized  # QDQ around the convolutions, calibrated statically
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= _ops(out)  # MatMuls dynamic
+    assert "MatMul" not in _ops(out)
+    assert not list(tmp_path.glob("*.static.onnx"))  # the intermediate file is gone
+    assert read_metadata(out)["quantization"].startswith("static QDQ INT8 on Conv (per-tensor")
+
+
+def test_static_uses_the_calibration_method_and_activation_type(fp32, tmp_path):
+    params = QuantizeParams(method="static", op_types=["MatMul"], activation_type="int8",
+                            calibration="percentile", calibration_images=2)
+    images = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    out = quantize_model(fp32, tmp_path / "int8.onnx", params, images)
+    model = onnx.load(str(out))
+    zero_points = {node.input[2] for node in model.graph.node
+                   if node.op_type == "QuantizeLinear"}
+    types = {init.data_type for init in model.graph.initializer if init.name in zero_points}
+    assert types == {onnx.TensorProto.INT8}
+    assert "percentile calibration on 2 train images" in read_metadata(out)["quantization"]
 
 
 def _fake_predictions(monkeypatch, fp32: Path, fp32_top1: np.ndarray,

@@ -190,13 +190,13 @@ class QuantizeParams(_Strict):
     """The INT8 variant; the defaults won on ConvNeXt (benchmarks/quantization.py)."""
 
     method: Literal["dynamic", "static", "mixed"] = Field(
-        "dynamic", description="dynamic: weights INT8, activations quantized at run time; "
+        "mixed", description="dynamic: weights INT8, activations quantized at run time; "
         "static: QDQ calibrated on training images; mixed: static on static_op_types, then "
         "dynamic on op_types")
     op_types: list[QuantOp] = Field(["MatMul"], description="ONNX op types; [] = all supported "
                                     "(dynamic/static), the dynamic part of mixed")
     static_op_types: list[QuantOp] = Field(
-        [], description="mixed only: op types quantized statically first")
+        ["Conv"], description="mixed only: op types quantized statically first")
     per_channel: bool = False
     activation_type: Literal["uint8", "int8"] = Field(
         "uint8", description="static/mixed: uint8 activations x int8 weights is VNNI's form")
@@ -208,15 +208,16 @@ class QuantizeParams(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantizeParams:
-        static_only = {name: getattr(self, name) for name in ("activation_type", "calibration",
-                                                              "calibration_images")}
-        if self.method == "dynamic":
-            changed = [k for k, v in static_only.items() if v != type(self).model_fields[k].default]
-            if changed:
-                raise ValueError(f"{', '.join(changed)} only apply to method static or mixed; "
-                                 "remove them or change the method")
-        if (self.method == "mixed") != bool(self.static_op_types):
-            raise ValueError("static_op_types is required by method mixed and only used by it")
+        # A key written for another method is refused: it would silently do nothing.
+        calibrated = {"activation_type", "calibration", "calibration_images"}
+        if self.method == "dynamic" and calibrated & self.model_fields_set:
+            raise ValueError(f"{', '.join(sorted(calibrated & self.model_fields_set))} only "
+                             "apply to method static or mixed; remove them or change the method")
+        if self.method != "mixed" and "static_op_types" in self.model_fields_set:
+            raise ValueError("static_op_types is only used by method mixed; remove it or "
+                             "change the method")
+        if self.method == "mixed" and not self.static_op_types:
+            raise ValueError("method mixed needs static_op_types (for example [Conv])")
         if self.method == "mixed" and (not self.op_types
                                        or set(self.static_op_types) & set(self.op_types)):
             raise ValueError("mixed: static_op_types and op_types must not overlap "

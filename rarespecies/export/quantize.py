@@ -2,9 +2,9 @@
 
 onnxruntime's quantization tools make the candidate (dynamic: weights INT8, activations
 quantized on the fly; static: both, calibrated on training images; mixed: static on some op
-types, dynamic on the rest). Both models then classify
-the whole test split; the INT8 file goes to `export/int8/model.onnx` only when its macro F1 is
-at most `quantize.max_f1_drop` below the fp32 model's. Otherwise that folder holds
+types, dynamic on the rest). Both models then classify the whole test split; the INT8 file
+goes to `export/int8/model.onnx` only when its macro F1 is at most `quantize.max_f1_drop`
+below the fp32 model's. Otherwise that folder holds
 `NOT_SHIPPED.txt` saying why, and `metrics/quantize.json` has the figures either way.
 """
 
@@ -74,10 +74,11 @@ def quantize_model(fp32: Path, out: Path, params: QuantizeParams,
             _quantize_static(fp32, tmp, op_types, params, calibration)
         else:
             source = fp32
-            if params.method == "mixed":  # static first; dynamic then leaves its QDQ ops alone
-                source = tmp.with_name(tmp.name + ".static.onnx")
-                _quantize_static(fp32, source, list(params.static_op_types), params, calibration)
             try:
+                if params.method == "mixed":  # static first; dynamic leaves its QDQ ops alone
+                    source = tmp.with_name(tmp.name + ".static.onnx")
+                    _quantize_static(fp32, source, list(params.static_op_types), params,
+                                     calibration)
                 quantize_dynamic(source, tmp, op_types_to_quantize=op_types,
                                  per_channel=params.per_channel, weight_type=QuantType.QInt8)
             finally:

@@ -185,14 +185,46 @@ class ExportParams(_Strict):
     min_top1_agreement: float = Field(0.999, gt=0, le=1)
 
 
+QuantOp = Literal["MatMul", "Conv", "Gemm"]  # the compute ops worth INT8 in these models
+
+
 class QuantizeParams(_Strict):
     """The INT8 variant; the defaults won on ConvNeXt (benchmarks/quantization.py)."""
 
-    method: Literal["dynamic", "static"] = "dynamic"
-    op_types: list[str] = Field(["MatMul"], description="ONNX op types; [] = all supported")
+    method: Literal["dynamic", "static", "mixed"] = Field(
+        "mixed", description="dynamic: weights INT8, activations quantized at run time; "
+        "static: QDQ calibrated on training images; mixed: static on static_op_types, then "
+        "dynamic on op_types")
+    op_types: list[QuantOp] = Field(["MatMul"], description="ONNX op types; [] = all supported "
+                                    "(dynamic/static), the dynamic part of mixed")
+    static_op_types: list[QuantOp] = Field(
+        ["Conv"], description="mixed only: op types quantized statically first")
     per_channel: bool = False
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="static/mixed: uint8 activations x int8 weights is VNNI's form")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="static/mixed: how activation ranges are chosen")
+    calibration_images: int = Field(64, ge=1, description="static/mixed: train images used")
     max_f1_drop: float = Field(0.01, ge=0, le=1, description="macro F1 loss allowed (0.01 = "
                                "one point)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantizeParams:
+        # A key written for another method is refused: it would silently do nothing.
+        calibrated = {"activation_type", "calibration", "calibration_images"}
+        if self.method == "dynamic" and calibrated & self.model_fields_set:
+            raise ValueError(f"{', '.join(sorted(calibrated & self.model_fields_set))} only "
+                             "apply to method static or mixed; remove them or change the method")
+        if self.method != "mixed" and "static_op_types" in self.model_fields_set:
+            raise ValueError("static_op_types is only used by method mixed; remove it or "
+                             "change the method")
+        if self.method == "mixed" and not self.static_op_types:
+            raise ValueError("method mixed needs static_op_types (for example [Conv])")
+        if self.method == "mixed" and (not self.op_types
+                                       or set(self.static_op_types) & set(self.op_types)):
+            raise ValueError("mixed: static_op_types and op_types must not overlap "
+                             "(op_types [] means every op type)")
+        return self
 
 
 class BenchmarkParams(_Strict):

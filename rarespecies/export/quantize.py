@@ -1,9 +1,10 @@
 """An INT8 variant of the exported model (the quantize stage), shipped only if it keeps its F1.
 
 onnxruntime's quantization tools make the candidate (dynamic: weights INT8, activations
-quantized on the fly; static: both, calibrated on training images). Both models then classify
-the whole test split; the INT8 file goes to `export/int8/model.onnx` only when its macro F1 is
-at most `quantize.max_f1_drop` below the fp32 model's. Otherwise that folder holds
+quantized on the fly; static: both, calibrated on training images; mixed: static on some op
+types, dynamic on the rest). Both models then classify the whole test split; the INT8 file
+goes to `export/int8/model.onnx` only when its macro F1 is at most `quantize.max_f1_drop`
+below the fp32 model's. Otherwise that folder holds
 `NOT_SHIPPED.txt` saying why, and `metrics/quantize.json` has the figures either way.
 """
 
@@ -35,6 +36,21 @@ def _calibration_reader(input_name: str, images: np.ndarray, batch_size: int = 8
     return Reader()
 
 
+def _quantize_static(fp32: Path, out: Path, op_types: list[str] | None, params: QuantizeParams,
+                     calibration: np.ndarray) -> None:
+    """QDQ static quantization of `op_types`, activation ranges from `calibration` images."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    activation = QuantType.QUInt8 if params.activation_type == "uint8" else QuantType.QInt8
+    input_name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
+    quantize_static(fp32, out, _calibration_reader(input_name, calibration),
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
+                    per_channel=params.per_channel, weight_type=QuantType.QInt8,
+                    activation_type=activation, calibrate_method=methods[params.calibration])
+
+
 def quantize_model(fp32: Path, out: Path, params: QuantizeParams,
                    calibration: np.ndarray | None = None) -> Path:
     """Write the INT8 variant of `fp32` to `out`, with fp32's metadata plus how it was made.
@@ -42,31 +58,36 @@ def quantize_model(fp32: Path, out: Path, params: QuantizeParams,
     Args:
         fp32: the exported ONNX model.
         out: the quantized file to write.
-        params: method (dynamic or static), op types, per-channel weights.
+        params: method (dynamic, static or mixed), op types, per-channel weights, calibration.
         calibration: uint8 images for static calibration (typically from the train split).
 
     Returns:
         `out`.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if params.method != "dynamic" and (calibration is None or len(calibration) == 0):
+        raise ValueError(f"{params.method} quantization needs calibration images")
     op_types = list(params.op_types) or None  # None: every op type the tool supports
     with atomic_path(out) as tmp:
-        if params.method == "dynamic":
-            quantize_dynamic(fp32, tmp, op_types_to_quantize=op_types,
-                             per_channel=params.per_channel, weight_type=QuantType.QInt8)
+        if params.method == "static":
+            _quantize_static(fp32, tmp, op_types, params, calibration)
         else:
-            if calibration is None or len(calibration) == 0:
-                raise ValueError("static quantization needs calibration images")
-            input_name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
-            quantize_static(fp32, tmp, _calibration_reader(input_name, calibration),
-                            quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
-                            per_channel=params.per_channel, weight_type=QuantType.QInt8,
-                            activation_type=QuantType.QUInt8)
+            source = fp32
+            try:
+                if params.method == "mixed":  # static first; dynamic leaves its QDQ ops alone
+                    source = tmp.with_name(tmp.name + ".static.onnx")
+                    _quantize_static(fp32, source, list(params.static_op_types), params,
+                                     calibration)
+                quantize_dynamic(source, tmp, op_types_to_quantize=op_types,
+                                 per_channel=params.per_channel, weight_type=QuantType.QInt8)
+            finally:
+                if source != fp32:
+                    source.unlink(missing_ok=True)
         model = onnx.load(str(tmp))
-        source = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+        source_metadata = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
         del model.metadata_props[:]
-        for key, value in {**source, "quantization": describe(params)}.items():
+        for key, value in {**source_metadata, "quantization": describe(params)}.items():
             model.metadata_props.add(key=key, value=value)
         onnx.save_model(model, str(tmp))
     return out
@@ -76,7 +97,14 @@ def describe(params: QuantizeParams) -> str:
     """A one-line description of the quantization, for metadata and reports."""
     ops = ", ".join(params.op_types) or "all supported ops"
     channel = "per-channel" if params.per_channel else "per-tensor"
-    return f"{params.method} INT8 ({channel} weights) on {ops}"
+    if params.method == "dynamic":
+        return f"dynamic INT8 ({channel} weights) on {ops}"
+    how = (f"{params.activation_type} activations, {params.calibration} calibration on "
+           f"{params.calibration_images} train images")
+    if params.method == "static":
+        return f"static QDQ INT8 ({channel} weights, {how}) on {ops}"
+    return (f"static QDQ INT8 on {', '.join(params.static_op_types)} ({channel} weights, {how}), "
+            f"then dynamic INT8 on {ops}")
 
 
 def predict(path: Path, images: np.ndarray) -> np.ndarray:
@@ -130,8 +158,9 @@ def quantize(fp32: Path, export_dir: Path, out_dir: Path, params: QuantizeParams
     """
     images, labels = load_split(export_dir, "test")
     calibration = None
-    if params.method == "static":
+    if params.method != "dynamic":
         calibration = np.asarray(load_split(export_dir, "calibration")[0])
+        calibration = calibration[:params.calibration_images]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         candidate = quantize_model(fp32, tmp / "model.onnx", params, calibration)

@@ -75,6 +75,34 @@ def test_impossible_values_are_rejected(path, value, fragment):
         parse_params(data)
 
 
+@pytest.mark.parametrize(("quantize", "fragment"), [
+    ({"method": "dynamic", "calibration": "entropy"}, "only apply to method static or mixed"),
+    ({"method": "dynamic", "activation_type": "int8"}, "only apply to method static or mixed"),
+    ({"method": "mixed", "static_op_types": []}, "method mixed needs static_op_types"),
+    ({"method": "static", "static_op_types": ["Conv"]}, "only used by method mixed"),
+    ({"method": "dynamic", "static_op_types": ["Conv"]}, "only used by method mixed"),
+    ({"method": "mixed", "static_op_types": ["MatMul"], "op_types": ["MatMul"]}, "overlap"),
+    ({"method": "mixed", "op_types": []}, "overlap"),
+    ({"op_types": ["Matmul"]}, "quantize.op_types"),
+    ({"method": "static", "calibration": "kl"}, "quantize.calibration"),
+    ({"method": "static", "calibration_images": 0}, "quantize.calibration_images"),
+])
+def test_inconsistent_quantization_is_rejected(quantize, fragment):
+    data = raw()
+    data["quantize"] = {"max_f1_drop": 0.01, **quantize}
+    with pytest.raises(ParamsError, match=fragment):
+        parse_params(data)
+
+
+def test_each_quantization_method_has_a_valid_form():
+    data = raw()
+    for quantize in ({"method": "dynamic"},
+                     {"method": "static", "op_types": ["Conv", "MatMul"], "calibration": "entropy"},
+                     {"method": "mixed", "static_op_types": ["Conv"], "op_types": ["MatMul"]}):
+        data["quantize"] = quantize
+        assert parse_params(data).quantize.method == quantize["method"]
+
+
 @pytest.mark.parametrize(("model", "key", "value", "fragment"), [
     ("custom_cnn", "backbone", "convnext_base", "a 'cnn' head goes with a 'rescale' backbone"),
     ("convnext_full", "backbone", "pixels", "a 'cnn' head goes with a 'rescale' backbone"),

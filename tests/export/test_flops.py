@@ -7,7 +7,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rarespecies.export.flops import cpu_peak_gflops, initializer_mb, model_gflops
+from rarespecies.export.flops import (
+    cpu_int8_peak_gops,
+    cpu_peak_gflops,
+    initializer_mb,
+    integer_matmul_model,
+    model_gflops,
+)
 
 
 def _conv_then_matmul(path: Path, groups: int = 1) -> Path:
@@ -41,3 +47,21 @@ def test_weights_size(tmp_path):
 def test_cpu_peak_is_a_plausible_measurement():
     peak = cpu_peak_gflops(size=256, seconds=0.05)
     assert 0.1 < peak < 1e5  # GFLOP/s: above a pocket calculator, below a supercomputer
+
+
+def test_int8_peak_runs_an_integer_matmul_that_onnxruntime_computes_exactly():
+    import onnxruntime as ort
+
+    model = integer_matmul_model(64)
+    assert [node.op_type for node in model.graph.node] == ["MatMulInteger"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)
+    b = numpy_helper.to_array(model.graph.initializer[0])
+    assert b.dtype == np.int8  # uint8 x int8: the form VNNI multiplies
+    expected = a.astype(np.int32) @ b.astype(np.int32)
+    assert np.array_equal(session.run(None, {"a": a})[0], expected)
+
+
+def test_int8_peak_is_a_plausible_measurement():
+    peak = cpu_int8_peak_gops(size=256, seconds=0.05, threads=1)
+    assert 0.1 < peak < 1e6  # GOP/s

@@ -34,11 +34,14 @@ def export_dir(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     np.save(tmp_path / "test_x.npy", rng.integers(0, 256, (12, SIZE, SIZE, 3), dtype=np.uint8))
     np.save(tmp_path / "test_y.npy", np.arange(12, dtype=np.int32) % CLASSES)
+    np.save(tmp_path / "calibration_x.npy",
+            rng.integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8))
+    np.save(tmp_path / "calibration_y.npy", np.arange(5, dtype=np.int32) % CLASSES)
     return tmp_path
 
 
 def test_dynamic_matmul_int8_is_valid_smaller_and_keeps_the_metadata(fp32, tmp_path):
-    out = quantize_model(fp32, tmp_path / "int8.onnx", QuantizeParams())
+    out = quantize_model(fp32, tmp_path / "int8.onnx", QuantizeParams(method="dynamic"))
     onnx.checker.check_model(str(out), full_check=True)
     assert out.stat().st_size < fp32.stat().st_size / 2  # MatMul weights are most of ConvNeXt
     metadata = read_metadata(out)
@@ -48,9 +51,46 @@ def test_dynamic_matmul_int8_is_valid_smaller_and_keeps_the_metadata(fp32, tmp_p
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
 
 
-def test_static_quantization_needs_calibration_images(fp32, tmp_path):
-    with pytest.raises(ValueError, match="calibration images"):
-        quantize_model(fp32, tmp_path / "int8.onnx", QuantizeParams(method="static"))
+@pytest.mark.parametrize("method", ["static", "mixed"])
+def test_calibrated_quantization_needs_calibration_images(fp32, tmp_path, method):
+    params = QuantizeParams(method=method)
+    with pytest.raises(ValueError, match=f"{method} quantization needs calibration images"):
+        quantize_model(fp32, tmp_path / "int8.onnx", params)
+
+
+def _ops(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_mixed_is_static_on_convolutions_and_dynamic_on_matmuls(fp32, tmp_path):
+    params = QuantizeParams(method="mixed", static_op_types=["Conv"], op_types=["MatMul"],
+                            calibration_images=4)
+    images = np.random.default_rng(1).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    out = quantize_model(fp32, tmp_path / "int8.onnx", params, images)
+    onnx.checker.check_model(str(out), full_check=True)
+    model = onnx.load(str(out))
+    conv_inputs = {name for node in model.graph.node if node.op_type == "Conv"
+                   for name in node.input}
+    dequantized = {node.output[0] for node in model.graph.node
+                   if node.op_type == "DequantizeLinear"}
+    assert conv_inputs & dequantized  # QDQ around the convolutions, calibrated statically
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= _ops(out)  # MatMuls dynamic
+    assert "MatMul" not in _ops(out)
+    assert not list(tmp_path.glob("*.static.onnx"))  # the intermediate file is gone
+    assert read_metadata(out)["quantization"].startswith("static QDQ INT8 on Conv (per-tensor")
+
+
+def test_static_uses_the_calibration_method_and_activation_type(fp32, tmp_path):
+    params = QuantizeParams(method="static", op_types=["MatMul"], activation_type="int8",
+                            calibration="percentile", calibration_images=2)
+    images = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    out = quantize_model(fp32, tmp_path / "int8.onnx", params, images)
+    model = onnx.load(str(out))
+    zero_points = {node.input[2] for node in model.graph.node
+                   if node.op_type == "QuantizeLinear"}
+    types = {init.data_type for init in model.graph.initializer if init.name in zero_points}
+    assert types == {onnx.TensorProto.INT8}
+    assert "percentile calibration on 2 train images" in read_metadata(out)["quantization"]
 
 
 def _fake_predictions(monkeypatch, fp32: Path, fp32_top1: np.ndarray,
@@ -82,9 +122,10 @@ def test_gate_ships_only_within_the_allowed_drop(fp32, tmp_path, monkeypatch, in
 
 def test_stage_ships_the_int8_model_when_it_passes(fp32, export_dir, tmp_path):
     out = tmp_path / "export/int8"
-    report = quantize(fp32, export_dir, out, QuantizeParams(max_f1_drop=1.0),
-                      tmp_path / "quantize.json")
+    params = QuantizeParams(max_f1_drop=1.0, calibration_images=3)  # the default: mixed
+    report = quantize(fp32, export_dir, out, params, tmp_path / "quantize.json")
     assert report["shipped"] and report["images"] == 12
+    assert "3 train images" in report["quantization"]  # calibrated on that split's first 3
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
     assert 0 <= report["int8_macro_f1"] <= 1 and 0 <= report["top1_agreement"] <= 1
 
@@ -93,7 +134,8 @@ def test_stage_keeps_a_note_instead_of_a_failing_model(fp32, export_dir, tmp_pat
     labels = np.load(export_dir / "test_y.npy")
     _fake_predictions(monkeypatch, fp32, labels, (labels + 1) % CLASSES)
     out = tmp_path / "export/int8"
-    report = quantize(fp32, export_dir, out, QuantizeParams(), tmp_path / "quantize.json")
+    report = quantize(fp32, export_dir, out, QuantizeParams(method="dynamic"),
+                      tmp_path / "quantize.json")
     assert not report["shipped"] and report["int8_macro_f1"] == 0.0
     assert sorted(p.name for p in out.iterdir()) == ["NOT_SHIPPED.txt"]
     assert "drop of 100.00 points" in (out / "NOT_SHIPPED.txt").read_text()

@@ -368,19 +368,13 @@ def killed_writer(target: Path) -> Path:
 MINI_SIZE, MINI_CLASSES = 32, 5
 
 
-@pytest.fixture(scope="session")
-def mini_convnext_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ConvNeXt with one block per stage and 8-64 channels, through `convert_to_onnx`.
-
-    Same op kinds as the shipped ConvNeXtBase export (uint8 input and its Cast, the NHWC to
-    NCHW Transpose, depthwise Conv, LayerNorm as ReduceMean arithmetic, Dense on 4-D tensors
-    as tf2onnx's Tensordot shape arithmetic, GELU via Erf, Softmax), a few hundred kB, and
-    converted in seconds instead of ConvNeXtTiny's minute.
-    """
+def mini_convnext_keras():
+    """ConvNeXt with one block per stage and 8-64 channels and a GELU head, as the export's
+    Keras inference model (uint8 pixels in, probabilities out); the same weights every call."""
     import keras
     from keras.src.applications import convnext as keras_convnext
 
-    from rarespecies.export.convert import convert_to_onnx, inference_model
+    from rarespecies.export.convert import inference_model
     from rarespecies.modeling.backbones import to_depthwise
 
     keras.utils.set_random_seed(7)
@@ -389,8 +383,21 @@ def mini_convnext_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
         input_shape=(MINI_SIZE, MINI_SIZE, 3), weights=None, name="mini_convnext"))
     head = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="gelu"),
                              keras.layers.Dense(MINI_CLASSES, activation="softmax")])
+    return inference_model(backbone, head, MINI_SIZE)
+
+
+@pytest.fixture(scope="session")
+def mini_convnext_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mini ConvNeXt through `convert_to_onnx`, as the export stage writes it.
+
+    Same op kinds as the shipped ConvNeXtBase export (uint8 input and its Cast, depthwise
+    Conv, LayerNormalization, 4-D MatMul, GELU via Erf, Softmax), a few hundred kB, converted
+    in seconds instead of ConvNeXtTiny's minute.
+    """
+    from rarespecies.export.convert import convert_to_onnx
+
     path = tmp_path_factory.mktemp("mini_convnext") / "model.onnx"
-    return convert_to_onnx(inference_model(backbone, head, MINI_SIZE), path, 17,
+    return convert_to_onnx(mini_convnext_keras(), path, 17,
                            {"labels": '["a", "b", "c", "d", "e"]'})
 
 

@@ -25,7 +25,7 @@ from rarespecies.core.files import atomic_path, write_json
 from rarespecies.export.export import load_inference_model
 from rarespecies.export.flops import cpu_int8_peak_gops, cpu_peak_gflops, model_gflops
 from rarespecies.modeling.datasets import load_split
-from rarespecies.runtime.session import open_session
+from rarespecies.runtime.session import describe_session, open_session
 
 LABELS = {"keras_predict": "Keras `model.predict`", "keras_tf_function": "Keras `tf.function`",
           "onnxruntime_fp32": "onnxruntime fp32", "onnxruntime_int8": "onnxruntime INT8"}
@@ -115,20 +115,6 @@ def measure(call: Callable[[np.ndarray], object], one: np.ndarray, batch: np.nda
             "p95_ms": round(float(np.percentile(latencies, 95)), 2),
             "mean_ms": round(float(np.mean(latencies)), 2),
             "throughput_ips": round(len(batch) * params.batch_runs / elapsed, 2)}
-
-
-def session_settings(threads: int) -> dict[str, str | int | bool]:
-    """The onnxruntime session settings the benchmark ran with, for the report.
-
-    MERGE(i16-opt): that branch adds `rarespecies.runtime.session.describe_session`; at merge
-    this body becomes `return describe_session(threads)`. Until then it states what
-    `open_session` on this branch does.
-    """
-    import onnxruntime as ort
-
-    return {"graph_optimization_level": "all", "execution_mode": "sequential",
-            "inter_op_threads": 1, "intra_op_threads": threads,
-            "onnxruntime": ort.__version__}
 
 
 def _onnx_call(path: Path, threads: int) -> Callable[[np.ndarray], object]:
@@ -268,5 +254,5 @@ def run_benchmark(export_dir: Path, onnx_path: Path, int8_path: Path, params: Be
                         int8_path if int8_path.is_file() else None, np.asarray(images), params)
     write_json(metrics_path, figures)
     with atomic_path(report_path) as tmp:
-        tmp.write_text(table(figures, session_settings(figures["threads"])))
+        tmp.write_text(table(figures, describe_session(figures["threads"])))
     return figures

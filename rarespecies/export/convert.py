@@ -24,6 +24,7 @@ import tensorflow as tf
 from rarespecies.core.files import atomic_path
 from rarespecies.export.canonical import canonicalize, hash_nodes_by_creation
 from rarespecies.export.optimize import optimize as optimize_graph
+from rarespecies.export.portable import fold_reduce_unsqueeze
 from rarespecies.runtime.session import INPUT_NAME, OUTPUT_NAME
 
 _fixes_registered = False
@@ -105,6 +106,9 @@ def convert_to_onnx(model: keras.Model, path: Path, opset: int, metadata: dict[s
         value_info.type.tensor_type.shape.dim[0].dim_param = "batch"
     if optimize:
         proto = optimize_graph(proto)
+    # A no-op after optimize_graph (its 4-D MatMul removes the pattern); without it, the fold
+    # is what lets OpenCV's DNN run the file.
+    fold_reduce_unsqueeze(proto)
     canonicalize(proto.graph)
     for key, value in metadata.items():
         proto.metadata_props.add(key=str(key), value=str(value))

@@ -14,6 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from rarespecies.export.consumers import reference, run_opencv
 from rarespecies.export.portable import fold_reduce_unsqueeze, make_portable
 
+from conftest import mini_convnext_keras
+
 OPENCV_REFUSAL = "(-215:Assertion failed) buf.shape() == m.shape() in function 'forwardGraph'"
 
 
@@ -137,22 +139,22 @@ def test_opencv_refuses_the_tensordot_pattern_and_runs_it_once_folded(tmp_path):
 
 
 @pytest.mark.slow
-def test_portable_mini_convnext_is_the_same_model_for_onnxruntime_and_runs_in_opencv(
-        mini_convnext_onnx, mini_pixels, tmp_path):
-    portable = tmp_path / "model.onnx"
-    count = make_portable(mini_convnext_onnx, portable)
-    original = onnx.load(str(mini_convnext_onnx))
-    rewritten = onnx.load(str(portable))
-    # One rewrite per Dense applied to a 4-D tensor (tf2onnx's Tensordot), none left over.
-    assert count == _reduce_unsqueeze_pairs(original) > 0
-    assert _reduce_unsqueeze_pairs(rewritten) == 0
-    assert len(rewritten.graph.node) == len(original.graph.node) - count
-    assert rewritten.metadata_props == original.metadata_props
-    expected = reference(mini_convnext_onnx, mini_pixels, 4)
-    np.testing.assert_array_equal(reference(portable, mini_pixels, 4), expected)
+def test_the_unoptimized_export_is_folded_and_runs_in_opencv(tmp_path, mini_pixels):
+    """With `export.optimize: false` the export keeps tf2onnx's Tensordot arithmetic: the fold
+    inside convert_to_onnx is what lets OpenCV run it."""
+    import keras
 
-    before = run_opencv(mini_convnext_onnx, mini_pixels, expected, 4)
-    assert before.error is not None and OPENCV_REFUSAL in before.error
-    after = run_opencv(portable, mini_pixels, expected, 4)
-    assert after.error is None
-    assert after.max_abs_diff <= 1e-4 and after.top1_agreement == 1.0
+    from rarespecies.export.convert import convert_to_onnx
+
+    path = convert_to_onnx(mini_convnext_keras(), tmp_path / "model.onnx", 17, {},
+                           optimize=False)
+    model = onnx.load(str(path))
+    ops = [node.op_type for node in model.graph.node]
+    assert "ReduceProd" in ops and "MatMul" in ops  # the Tensordot arithmetic is still there
+    assert _reduce_unsqueeze_pairs(model) == 0
+    assert fold_reduce_unsqueeze(model) == 0
+    expected = reference(path, mini_pixels, 4)
+    result = run_opencv(path, mini_pixels, expected, 4)
+    assert result.error is None, result
+    assert result.max_abs_diff <= 1e-4 and result.top1_agreement == 1.0
+    keras.backend.clear_session()

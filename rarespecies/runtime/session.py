@@ -13,7 +13,7 @@ OUTPUT_NAME = "probabilities"  # float32 [N, families]
 
 # The settings of every session that runs the model (benchmark, quantization's gate,
 # `rarespecies predict`), chosen by benchmarks/session_settings.py on the sample model:
-# see the README's "Session settings" table for the measured ratios.
+# the README's "Speed" section gives the measured ratios.
 SESSION_SETTINGS: dict[str, str | int | bool] = {
     "graph_optimization_level": "all",  # ORT's fusions (Gelu, NCHWc convolutions) at load
     "execution_mode": "sequential",  # one chain of ops: nothing for inter-op threads to do

@@ -7,13 +7,17 @@ read the ratios against "current", not the milliseconds. ("current" against itse
 noise.)
 
     python benchmarks/session_settings.py export/model.onnx [--runs 15] [--batch-runs 2]
-        [--other before.onnx] [--no-settings]
+        [--other before.onnx] [--no-settings] [--chunks 1,2,4,8,32]
 
 Columns: load time, batch-1 p50, batch-32 throughput, and each as a ratio to "current".
 "Saved ORT model (basic)" is the graph onnxruntime optimized at the "basic" level and saved
 (standard ONNX ops, portable), loaded with the current settings; "(all)" is the fully
 optimized graph loaded with no optimisation at all: it holds com.microsoft ops and NCHWc
 layouts for this CPU, which onnxruntime warns against shipping to other machines.
+
+`--chunks` times 32 images run as calls of k images each (k from the list), the sizes taking
+turns within each round, and prints images per second and the ratio to one call of 32: the
+choice of `rarespecies.runtime.session.IMAGES_PER_RUN`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ import typer
 
 from rarespecies.config.paths import EXPORT_DIR
 from rarespecies.modeling.datasets import load_split
-from rarespecies.runtime.session import SESSION_SETTINGS, describe_session, open_session
+from rarespecies.runtime.session import (
+    SESSION_SETTINGS,
+    describe_session,
+    open_session,
+    probabilities,
+)
 
 THREADS = 2  # the cores of the machines the README's figures come from
 
@@ -120,6 +129,32 @@ def measure(path: Path, images: np.ndarray, runs: int, batch_runs: int,
     return results
 
 
+def measure_chunks(path: Path, images: np.ndarray, sizes: list[int], rounds: int
+                   ) -> dict[int, float]:
+    """Images per second on 32 images run `k` at a time, for each k in `sizes`, interleaved.
+
+    Args:
+        path: the ONNX model.
+        images: uint8 test images (repeated to fill 32).
+        sizes: images per call to compare.
+        rounds: timed passes over all sizes (the median is kept).
+
+    Returns:
+        k -> median images per second.
+    """
+    batch = np.ascontiguousarray(np.resize(images, (32, *images.shape[1:])))
+    session = open_session(path, THREADS)
+    for k in sizes:  # warm-up: every call shape allocates once
+        probabilities(session, batch, k)
+    seconds: dict[int, list[float]] = {k: [] for k in sizes}
+    for _ in range(rounds):
+        for k in sizes:
+            start = time.perf_counter()
+            probabilities(session, batch, k)
+            seconds[k].append(time.perf_counter() - start)
+    return {k: len(batch) / float(np.median(s)) for k, s in seconds.items()}
+
+
 def main(
     model: Annotated[Path, typer.Argument(help="ONNX file")] = Path("export/model.onnx"),
     runs: Annotated[int, typer.Option(help="timed batch-1 runs per variant")] = 15,
@@ -127,9 +162,19 @@ def main(
     other: Annotated[Path | None, typer.Option(help="another ONNX file to compare, e.g. the "
                                                     "unoptimized export")] = None,
     settings: Annotated[bool, typer.Option(help="time the setting variants too")] = True,
+    chunks: Annotated[str, typer.Option(help="compare images per call instead, e.g. "
+                                             "1,2,4,8,32")] = "",
 ) -> None:
     """Print a table of the session variants with ratios to the current settings."""
     images, _ = load_split(EXPORT_DIR, "test")
+    if chunks:
+        rates = measure_chunks(model, np.asarray(images), [int(k) for k in chunks.split(",")],
+                               rounds=max(batch_runs, 3))
+        print(f"{model}: 32 images, k per call\n\n| k | img/s | vs one call of 32 |")
+        print("| --- | --- | --- |")
+        for k, rate in rates.items():
+            print(f"| {k} | {rate:.2f} | {rate / rates.get(32, rate):.2f}x |")
+        return
     print(f"{model}, current settings: {describe_session(THREADS)}\n")
     print("| variant | load s | batch-1 p50 ms | vs current | batch-32 img/s | vs current |")
     print("| --- | --- | --- | --- | --- | --- |", flush=True)

@@ -1,5 +1,5 @@
-"""Stage `benchmark`: Keras `model.predict`, Keras `tf.function`, onnxruntime fp32 and INT8 on
-the same images, in one run: latency, throughput, speed-ups and share of the CPU's peak."""
+"""Stage `benchmark`: onnxruntime fp32 and INT8 on the test images against the TensorFlow
+baseline: latency with its interval, throughput, speed-ups and share of the CPU's peak."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from rarespecies.export.benchmark import LABELS, run_benchmark
 def work() -> str:
     """Benchmark with the `benchmark` keys of params.yaml."""
     figures = run_benchmark(paths.EXPORT_DIR, paths.ONNX_FILE, paths.INT8_FILE,
-                            load_params().benchmark, paths.BENCHMARK_METRICS,
-                            paths.BENCHMARK_REPORT)
+                            paths.TF_BASELINE, load_params().benchmark, paths.BENCHMARK_METRICS,
+                            paths.BENCHMARK_FIGURES, paths.BENCHMARK_REPORT)
     fastest = min((n for n in LABELS if n in figures), key=lambda n: figures[n]["p50_ms"])
     return (f"fastest at batch 1: {LABELS[fastest]} {figures[fastest]['p50_ms']} ms p50, "
             f"{figures[fastest]['speedup_vs_predict']}x model.predict; "

@@ -229,10 +229,20 @@ class QuantizeParams(_Strict):
 
 class BenchmarkParams(_Strict):
     warmup: int = Field(2, ge=1)
-    runs: int = Field(20, ge=3, description="timed batch-1 calls per runtime")
+    min_runs: int = Field(10, ge=6, description="timed batch-1 calls before the p50's 95% "
+                          "interval is looked at (6 is the fewest that give one)")
+    max_runs: int = Field(60, ge=6, description="timed batch-1 calls at most per runtime")
+    ci_width: float = Field(0.04, gt=0, description="stop timing a runtime once its p50's "
+                            "95% interval is this narrow (high / low - 1)")
     batch_size: int = Field(32, ge=1)
-    batch_runs: int = Field(3, ge=1, description="timed batch calls per runtime")
+    batch_runs: int = Field(2, ge=1, description="timed batch calls per runtime")
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = one per core")
+
+    @model_validator(mode="after")
+    def _runs_ordered(self) -> BenchmarkParams:
+        if self.max_runs < self.min_runs:
+            raise ValueError(f"max_runs {self.max_runs} is below min_runs {self.min_runs}")
+        return self
 
 
 class PromoteParams(_Strict):

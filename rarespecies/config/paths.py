@@ -85,12 +85,15 @@ LEADERBOARD = Path("reports/leaderboard.md")
 # select, export, quantize, benchmark, model card
 EXPORT_DIR = Path("artifacts/export")
 CHOICE = EXPORT_DIR / "choice.json"
+TIMED_ARCHITECTURE = EXPORT_DIR / "timed.json"  # what TensorFlow's speed depends on
 ONNX_FILE = Path("export/model.onnx")  # a stable path for downstream tools
 EXPORT_METRICS = Path("metrics/export.json")
 INT8_DIR = Path("export/int8")
 INT8_FILE = INT8_DIR / "model.onnx"
 INT8_NOTE = INT8_DIR / "NOT_SHIPPED.txt"
 QUANTIZE_METRICS = Path("metrics/quantize.json")
-BENCHMARK_METRICS = Path("metrics/benchmark.json")
+TF_BASELINE = Path("reports/tf_baseline.json")
+BENCHMARK_METRICS = Path("metrics/benchmark.json")  # batch-1 p50 per runtime and the goals
+BENCHMARK_FIGURES = Path("reports/benchmark.json")  # every figure, with intervals
 BENCHMARK_REPORT = Path("reports/benchmark.md")
 MODEL_CARD = Path("reports/model_card.md")

@@ -1,13 +1,17 @@
-"""Every way to run the exported model, on the same inputs, in one run (the benchmark stage).
+"""Every way to run the exported model, on the same inputs (the benchmark stage).
 
-Keras `model.predict`, Keras in a `tf.function`, onnxruntime fp32 and, when it was shipped,
-onnxruntime INT8: batch-1 latency (p50, p95) and batch throughput after warm-up, each runtime
-with the same thread count. Ratios compare runtimes measured in the same process, which stays
-meaningful on a noisy host. Each runtime's achieved arithmetic rate is set against its own
-ceiling measured in the same run: the fp32 rows against the CPU's fp32 matrix-product peak, the
-INT8 row against onnxruntime's integer matrix-product peak (the VNNI units). Figures go to
-`metrics/benchmark.json` (so `dvc metrics diff` shows speed changes) and a table, the goals
-and the session settings to `reports/benchmark.md`.
+onnxruntime fp32 and, when it was shipped, INT8 are timed here; Keras `model.predict` and
+Keras in a `tf.function` come from the tf_baseline stage, measured once per architecture with
+the same settings (`rarespecies.export.baseline`). Each runtime's batch-1 calls are timed until
+the p50's 95% interval is `benchmark.ci_width` narrow (or `max_runs` calls), and the interval
+is reported with it; batches go through `runtime.session.probabilities`, the way
+`rarespecies predict` runs them. Each runtime's achieved arithmetic rate is set against its
+own ceiling measured in this run: the fp32 rows against the CPU's fp32 matrix-product peak,
+the INT8 row against onnxruntime's integer matrix-product peak (the VNNI units).
+
+Outputs: `metrics/benchmark.json` holds what experiments are compared on (batch-1 p50 per
+runtime, the goals met or not); `reports/benchmark.json` every figure with its interval;
+`reports/benchmark.md` the table, the goals and the session settings.
 """
 
 from __future__ import annotations
@@ -21,14 +25,22 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from rarespecies.config.params import BenchmarkParams
-from rarespecies.core.files import atomic_path, write_json
-from rarespecies.export.export import load_inference_model
+from rarespecies.core.files import atomic_path, read_json, write_json
 from rarespecies.export.flops import cpu_int8_peak_gops, cpu_peak_gflops, model_gflops
 from rarespecies.modeling.datasets import load_split
-from rarespecies.runtime.session import describe_session, open_session
+from rarespecies.runtime.session import describe_session, open_session, probabilities
+from rarespecies.runtime.timing import median_interval, time_until_tight
 
 LABELS = {"keras_predict": "Keras `model.predict`", "keras_tf_function": "Keras `tf.function`",
           "onnxruntime_fp32": "onnxruntime fp32", "onnxruntime_int8": "onnxruntime INT8"}
+# Column names in metrics/benchmark.json: short, so `dvc exp show` keeps them readable.
+SHORT = {"keras_predict": "predict", "keras_tf_function": "tf_function",
+         "onnxruntime_fp32": "ort_fp32", "onnxruntime_int8": "ort_int8"}
+TF_ROWS = ("keras_predict", "keras_tf_function")
+
+
+class BenchmarkError(ValueError):
+    """The cached TensorFlow baseline does not match this benchmark's settings or model."""
 
 
 # Issue 16's goals (batch-1 p50 on the sample, the benchmark's thread count).
@@ -38,10 +50,13 @@ INT8_GOALS = {"int8_p50_at_most_45ms", "int8_4x_faster_than_best_tf"}
 
 
 class RuntimeFigures(BaseModel):
-    """One runtime's row of `metrics/benchmark.json`."""
+    """One runtime's row of `reports/benchmark.json`."""
 
     model_config = ConfigDict(extra="forbid")
     p50_ms: PositiveFloat
+    p50_low_ms: PositiveFloat = Field(description="95% interval of the p50 (order statistics)")
+    p50_high_ms: PositiveFloat
+    runs: PositiveInt = Field(description="timed batch-1 calls")
     p95_ms: PositiveFloat
     mean_ms: PositiveFloat
     throughput_ips: PositiveFloat
@@ -54,11 +69,14 @@ class RuntimeFigures(BaseModel):
     def _ordered(self) -> RuntimeFigures:
         if self.p95_ms < self.p50_ms:
             raise ValueError(f"p95 {self.p95_ms} ms is below p50 {self.p50_ms} ms")
+        if not self.p50_low_ms <= self.p50_ms <= self.p50_high_ms:
+            raise ValueError(f"p50 {self.p50_ms} ms lies outside its interval "
+                             f"{self.p50_low_ms}-{self.p50_high_ms} ms")
         return self
 
 
 class BenchmarkReport(BaseModel):
-    """The schema of `metrics/benchmark.json`, checked before the stage writes it."""
+    """The schema of `reports/benchmark.json`, checked before the stage writes it."""
 
     model_config = ConfigDict(extra="forbid")
     input_size: PositiveInt
@@ -89,29 +107,32 @@ def measure(call: Callable[[np.ndarray], object], one: np.ndarray, batch: np.nda
             params: BenchmarkParams, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Latency of single images and throughput of batches for one runtime.
 
+    Batch-1 calls are timed until the p50's 95% interval is `params.ci_width` narrow or
+    `params.max_runs` calls are spent; a steady runtime is done in `min_runs` calls.
+
     Args:
         call: runs the model on a uint8 batch and returns when the result is ready.
         one: a batch of one image.
         batch: a batch of `params.batch_size` images.
-        params: warm-up and repetition counts.
+        params: warm-up, repetition and interval settings.
         clock: seconds counter.
 
     Returns:
-        p50/p95/mean latency in ms and throughput in images per second.
+        p50 (with its interval), p95 and mean latency in ms, the timed calls, and throughput
+        in images per second.
     """
     for _ in range(params.warmup):
         call(one)
-        call(batch)
-    latencies = []
-    for _ in range(params.runs):
-        start = clock()
-        call(one)
-        latencies.append((clock() - start) * 1000)
+    call(batch)  # the batch shape allocates its buffers once
+    latencies = time_until_tight(lambda: call(one), params.min_runs, params.max_runs,
+                                 params.ci_width, clock)
+    p50, low, high = median_interval(np.array(latencies))
     start = clock()
     for _ in range(params.batch_runs):
         call(batch)
     elapsed = clock() - start
-    return {"p50_ms": round(float(np.percentile(latencies, 50)), 2),
+    return {"p50_ms": round(p50, 2), "p50_low_ms": round(low, 2), "p50_high_ms": round(high, 2),
+            "runs": len(latencies),
             "p95_ms": round(float(np.percentile(latencies, 95)), 2),
             "mean_ms": round(float(np.mean(latencies)), 2),
             "throughput_ips": round(len(batch) * params.batch_runs / elapsed, 2)}
@@ -119,8 +140,7 @@ def measure(call: Callable[[np.ndarray], object], one: np.ndarray, batch: np.nda
 
 def _onnx_call(path: Path, threads: int) -> Callable[[np.ndarray], object]:
     session = open_session(path, threads)
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
+    return lambda x: probabilities(session, x)  # batches in calls of IMAGES_PER_RUN, as predict
 
 
 def goals(results: dict, best_tf: float) -> dict:
@@ -146,13 +166,13 @@ def goals(results: dict, best_tf: float) -> dict:
     return checks
 
 
-def benchmark(keras_model, onnx_path: Path, int8_path: Path | None, images: np.ndarray,
+def benchmark(baseline: dict, onnx_path: Path, int8_path: Path | None, images: np.ndarray,
               params: BenchmarkParams) -> dict:
-    """Time every runtime on the same real test images.
+    """Time onnxruntime on real test images and set it against the TensorFlow baseline.
 
     Args:
-        keras_model: the Keras inference model (uint8 input).
-        onnx_path: its ONNX export.
+        baseline: the tf_baseline stage's figures (Keras rows, input size, threads).
+        onnx_path: the ONNX export.
         int8_path: the shipped INT8 variant, or None when it was not shipped.
         images: uint8 test images; repeated to fill a batch when there are fewer.
         params: benchmark settings.
@@ -160,15 +180,20 @@ def benchmark(keras_model, onnx_path: Path, int8_path: Path | None, images: np.n
     Returns:
         The figures per runtime, speed-ups over `model.predict` and the best TF path, the
         fraction of its own peak (fp32 or INT8) each achieves at batch size, and the goals.
-    """
-    import tensorflow as tf
 
+    Raises:
+        BenchmarkError: the baseline was measured at another input size, thread count or
+            batch size.
+    """
     threads = params.threads or os.cpu_count() or 1
+    expected = {"input_size": int(images.shape[1]), "threads": threads,
+                "batch_size": params.batch_size}
+    found = {key: baseline.get(key) for key in expected}
+    if found != expected:
+        raise BenchmarkError(f"the TensorFlow baseline was measured with {found}, this "
+                             f"benchmark runs with {expected}: run `dvc repro tf_baseline`")
     batch = np.concatenate([images] * -(-params.batch_size // len(images)))[:params.batch_size]
-    forward = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
-    calls = {"keras_predict": lambda x: keras_model.predict(x, batch_size=len(x), verbose=0),
-             "keras_tf_function": lambda x: forward(x).numpy(),
-             "onnxruntime_fp32": _onnx_call(onnx_path, threads)}
+    calls = {"onnxruntime_fp32": _onnx_call(onnx_path, threads)}
     if int8_path is not None:
         calls["onnxruntime_int8"] = _onnx_call(int8_path, threads)
     # Peaks are sampled before and after the runtimes and the higher kept, so a burst of
@@ -180,10 +205,11 @@ def benchmark(keras_model, onnx_path: Path, int8_path: Path | None, images: np.n
         return found
 
     before = peaks()
-    results = {name: measure(call, images[:1], batch, params) for name, call in calls.items()}
+    results = {name: dict(baseline[name]) for name in TF_ROWS}
+    results |= {name: measure(call, images[:1], batch, params) for name, call in calls.items()}
     peak = {kind: max(value, before[kind]) for kind, value in peaks().items()}
     gflops = model_gflops(onnx_path)  # the INT8 model does the same multiply-adds, in INT8
-    best_tf = min(results["keras_tf_function"]["p50_ms"], results["keras_predict"]["p50_ms"])
+    best_tf = min(results[name]["p50_ms"] for name in TF_ROWS)
     for name, figures in results.items():
         figures["speedup_vs_predict"] = round(
             results["keras_predict"]["p50_ms"] / figures["p50_ms"], 2)
@@ -198,6 +224,20 @@ def benchmark(keras_model, onnx_path: Path, int8_path: Path | None, images: np.n
     return BenchmarkReport.model_validate(report).model_dump(exclude_none=True)
 
 
+def headline(figures: dict) -> dict:
+    """What `metrics/benchmark.json` keeps: batch-1 p50 per runtime and the goals.
+
+    Args:
+        figures: a `benchmark` result.
+
+    Returns:
+        {"p50_ms": {short runtime name: ms}, "goals": {goal: met}}.
+    """
+    return {"p50_ms": {short: figures[name]["p50_ms"] for name, short in SHORT.items()
+                       if name in figures},
+            "goals": figures["goals"]}
+
+
 def table(figures: dict, settings: dict[str, str | int | bool] | None = None) -> str:
     """The benchmark as a Markdown table, with the goals and the session settings under it."""
     int8_peak = ""
@@ -210,19 +250,25 @@ def table(figures: dict, settings: dict[str, str | int | bool] | None = None) ->
              f"run: fp32 (NumPy matrix product) {figures['cpu_peak_gflops']} GFLOP/s."
              f"{int8_peak} Each row's share is of its own peak (fp32 rows: fp32; INT8: INT8).",
              "",
-             f"| runtime | batch-1 p50 | p95 | batch-{figures['batch_size']} throughput "
+             f"| runtime | batch-1 p50 | 95% interval (runs) | p95 "
+             f"| batch-{figures['batch_size']} throughput "
              "| vs `model.predict` | vs best TF | share of own peak |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, label in LABELS.items():
         if name in figures:
             f = figures[name]
-            lines.append(f"| {label} | {f['p50_ms']:.1f} ms | {f['p95_ms']:.1f} ms "
+            lines.append(f"| {label} | {f['p50_ms']:.1f} ms "
+                         f"| {f['p50_low_ms']:.1f}-{f['p50_high_ms']:.1f} ms ({f['runs']}) "
+                         f"| {f['p95_ms']:.1f} ms "
                          f"| {f['throughput_ips']:.1f} img/s | {f['speedup_vs_predict']:.1f}x "
                          f"| {f['speedup_vs_best_tf']:.2f}x | {f['peak_fraction']:.1%} |")
     if "onnxruntime_int8" not in figures:
         lines += ["", "No INT8 row: the quantized model did not pass its gate (see "
                   "`metrics/quantize.json`)."]
-    lines += ["", "Goals:", *(f"- {name.replace('_', ' ')}: {'met' if ok else 'NOT met'}"
+    lines += ["", "The Keras rows come from the tf_baseline stage (`reports/tf_baseline.json`), "
+              "measured once per architecture with the same settings; onnxruntime runs "
+              "batches as `rarespecies predict` does.",
+              "", "Goals:", *(f"- {name.replace('_', ' ')}: {'met' if ok else 'NOT met'}"
                               for name, ok in figures["goals"].items())]
     if settings:
         lines += ["", "onnxruntime session settings: "
@@ -230,29 +276,29 @@ def table(figures: dict, settings: dict[str, str | int | bool] | None = None) ->
     return "\n".join(lines) + "\n"
 
 
-def run_benchmark(export_dir: Path, onnx_path: Path, int8_path: Path, params: BenchmarkParams,
-                  metrics_path: Path, report_path: Path) -> dict:
-    """Benchmark the exported model on the select stage's test images; write both outputs.
+def run_benchmark(export_dir: Path, onnx_path: Path, int8_path: Path, baseline_path: Path,
+                  params: BenchmarkParams, metrics_path: Path, figures_path: Path,
+                  report_path: Path) -> dict:
+    """Benchmark the exported model on the select stage's test images; write the outputs.
 
     Args:
-        export_dir: the select stage's folder (the Keras model and the test images).
+        export_dir: the select stage's folder (the test images).
         onnx_path: the fp32 ONNX file.
         int8_path: the INT8 file, benchmarked when the quantize stage shipped it.
+        baseline_path: the tf_baseline stage's figures.
         params: the `benchmark` settings.
-        metrics_path: the figures (JSON, a DVC metric).
+        metrics_path: the headline figures (JSON, a DVC metric).
+        figures_path: every figure (JSON).
         report_path: the Markdown table.
 
     Returns:
         The figures.
     """
-    import tensorflow as tf
-
-    # Every runtime gets the same thread count; TF takes it only before its first op.
-    tf.config.threading.set_intra_op_parallelism_threads(params.threads or os.cpu_count() or 1)
     images, _ = load_split(export_dir, "test")
-    figures = benchmark(load_inference_model(export_dir), onnx_path,
+    figures = benchmark(read_json(baseline_path), onnx_path,
                         int8_path if int8_path.is_file() else None, np.asarray(images), params)
-    write_json(metrics_path, figures)
+    write_json(figures_path, figures)
+    write_json(metrics_path, headline(figures))
     with atomic_path(report_path) as tmp:
         tmp.write_text(table(figures, describe_session(figures["threads"])))
     return figures

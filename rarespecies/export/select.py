@@ -2,7 +2,8 @@
 
 `export.model` names a model (the study shipped `convnext_full`) or is `best`: the highest
 validation macro F1 (test scores stay untouched by the choice). The chosen model's files are
-copied into `artifacts/export/` with `choice.json` (the model, the reason, its settings). When
+copied into `artifacts/export/` with `choice.json` (the model, the reason, its settings) and
+`timed.json` (the architecture TensorFlow's baseline speed depends on). When
 another model changes but the choice does not, that folder comes out byte-identical, so DVC
 skips the slow export and benchmark.
 """
@@ -84,4 +85,26 @@ def select(params: Params, root: Path, out_dir: Path) -> dict:
         shutil.copyfile(root / paths.LABELS, tmp / "labels.json")
         shutil.copyfile(root / paths.families_table(model), tmp / "per_family.csv")
         write_json(tmp / "choice.json", choice)
+        write_json(tmp / paths.TIMED_ARCHITECTURE.name, timed_architecture(
+            choice, len(read_json(root / paths.LABELS))))
     return choice
+
+
+def timed_architecture(choice: dict, classes: int) -> dict:
+    """What TensorFlow's inference speed depends on, and nothing else (`timed.json`).
+
+    The benchmark's TensorFlow baseline depends on this file alone, so it is measured once
+    per architecture. A head trained on cached features does well under 0.1% of the
+    backbone's arithmetic, so its settings are left out and a head-only experiment reuses
+    the baseline; a model trained end to end is timed whole.
+
+    Args:
+        choice: the select stage's choice.
+        classes: number of families.
+
+    Returns:
+        {"backbone": its settings, "head": the head's settings or None, "classes": classes}.
+    """
+    end_to_end = choice["inputs"] != "features"
+    return {"backbone": choice["backbone"],
+            "head": choice["settings"]["head"] if end_to_end else None, "classes": classes}

@@ -18,12 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import binom
 
 from rarespecies.config.params import PromoteParams
 from rarespecies.runtime.session import open_session
+from rarespecies.runtime.timing import interval_width, median_interval
 
-CONFIDENCE = 0.95
 WARMUP = 2  # calls per model before timing: first calls allocate and tune
 
 PASS, SLOWER, UNJUDGED = "pass", "slower", "unjudged"
@@ -64,36 +63,6 @@ class LatencyVerdict:
     def as_dict(self) -> dict:
         """JSON-ready figures, for the registry and the flow's result."""
         return asdict(self)
-
-
-def interval_width(low: float, high: float) -> float:
-    """Relative width of a ratio interval: high / low - 1 (0.1 = the bounds 10% apart)."""
-    return high / low - 1 if low > 0 else math.inf
-
-
-def median_interval(values: np.ndarray, confidence: float = CONFIDENCE
-                    ) -> tuple[float, float, float]:
-    """Median of `values` and a distribution-free interval for it (binomial order statistics).
-
-    No normality is assumed: timings on a shared machine have long right tails, and a few
-    interrupted calls move the median little.
-
-    Args:
-        values: the samples (here, log latency ratios).
-        confidence: coverage of the interval.
-
-    Returns:
-        (median, low, high); low and high are infinite when there are too few samples.
-    """
-    ordered = np.sort(np.asarray(values, dtype=float))
-    n = len(ordered)
-    median = float(np.median(ordered))
-    # The interval [x_(j), x_(n-j+1)] (1-based) covers the median with probability
-    # 1 - 2 * P(Bin(n, 1/2) <= j - 1); j is the largest such that this is >= confidence.
-    j = int(binom.ppf((1 - confidence) / 2, n, 0.5))
-    if j < 1:
-        return median, -math.inf, math.inf
-    return median, float(ordered[j - 1]), float(ordered[n - j])
 
 
 def judge(low: float, high: float, ratio: float, params: PromoteParams) -> str | None:
@@ -197,7 +166,7 @@ def compare_models(candidate: Path, baseline: Path, baseline_name: str,
 
 def versus_benchmark(speedup_vs_best_tf: float, params: PromoteParams) -> LatencyVerdict:
     """The gate with no promoted model: onnxruntime over the best TensorFlow runtime, as the
-    benchmark stage measured both in one run (a ratio, though without an interval)."""
+    benchmark stage reports it (a ratio, though without an interval)."""
     ratio = 1 / speedup_vs_best_tf
     return LatencyVerdict(outcome=PASS if ratio <= params.max_latency_ratio else SLOWER,
                           baseline="the best TensorFlow runtime", ratio=ratio, low=None,

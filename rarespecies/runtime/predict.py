@@ -28,7 +28,7 @@ from rarespecies.runtime.images import (
     open_rgb,
     resize_for_model,
 )
-from rarespecies.runtime.session import open_session
+from rarespecies.runtime.session import IMAGES_PER_RUN, open_session
 
 
 class ModelError(ValueError):
@@ -184,7 +184,7 @@ def _walk(folder: Path, above: tuple[tuple[int, int], ...]) -> Iterator[Path | P
 
 
 def predict(classifier: Classifier, paths: Iterable[Path | Prediction], top_k: int = 3,
-            batch_size: int = 8) -> Iterator[Prediction]:
+            batch_size: int = IMAGES_PER_RUN) -> Iterator[Prediction]:
     """Classify images in batches; an unreadable image yields an error and the rest go on.
 
     A path that is not a regular file is never opened: it yields its reason.

@@ -21,6 +21,10 @@ SESSION_SETTINGS: dict[str, str | int | bool] = {
     "allow_spinning": True,  # threads spin between ops instead of sleeping
     "cpu_mem_arena": True,  # reuse activation buffers across runs
 }
+# Images per onnxruntime call when many are classified: on ConvNeXtBase (2 threads) 32 images
+# went fastest as 8 calls of 4, 1.11x (fp32) and 1.22x (INT8) the throughput of one call of
+# 32 (benchmarks/session_settings.py): larger calls outgrow the caches.
+IMAGES_PER_RUN = 4
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -84,9 +88,11 @@ def describe_session(threads: int = 0) -> dict[str, str | int | bool]:
         threads: the intra-op threads asked for (0 = one per core).
 
     Returns:
-        `SESSION_SETTINGS` plus "intra_op_threads" and "onnxruntime" (its version).
+        `SESSION_SETTINGS` plus "intra_op_threads", "images_per_run" and "onnxruntime" (its
+        version).
     """
-    return {**SESSION_SETTINGS, "intra_op_threads": threads, "onnxruntime": ort.__version__}
+    return {**SESSION_SETTINGS, "intra_op_threads": threads, "images_per_run": IMAGES_PER_RUN,
+            "onnxruntime": ort.__version__}
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -99,7 +105,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def probabilities(session: ort.InferenceSession, images: np.ndarray,
-                  batch_size: int = 16) -> np.ndarray:
+                  batch_size: int = IMAGES_PER_RUN) -> np.ndarray:
     """Class probabilities of uint8 `images` [N, S, S, 3], computed `batch_size` at a time.
 
     Args:

@@ -5,12 +5,21 @@ import pytest
 from pydantic import ValidationError
 
 from rarespecies.config.params import BenchmarkParams
-from rarespecies.export.benchmark import INT8_GOALS, BenchmarkReport, goals, measure, table
+from rarespecies.export.benchmark import (
+    INT8_GOALS,
+    BenchmarkError,
+    BenchmarkReport,
+    benchmark,
+    goals,
+    headline,
+    measure,
+    table,
+)
 
 
-def test_measure_reports_latency_percentiles_and_throughput():
+def test_measure_times_until_the_p50_is_tight_and_reports_its_interval():
     now = [0.0]
-    single_ms = iter([1.0, 2.0, 3.0, 4.0, 10.0])
+    single_ms = iter([10.0, 10.2, 9.8, 10.1, 9.9, 10.0, 30.0])
     calls = []
 
     def fake_model(batch: np.ndarray) -> None:
@@ -18,18 +27,43 @@ def test_measure_reports_latency_percentiles_and_throughput():
         if len(calls) > 2:  # warm-up calls are not timed
             now[0] += next(single_ms) / 1000 if len(batch) == 1 else 0.016
 
-    params = BenchmarkParams(warmup=1, runs=5, batch_size=8, batch_runs=2)
+    params = BenchmarkParams(warmup=1, min_runs=6, max_runs=7, ci_width=0.05, batch_size=8,
+                             batch_runs=2)
     figures = measure(fake_model, np.zeros((1, 4, 4, 3)), np.zeros((8, 4, 4, 3)), params,
                       clock=lambda: now[0])
-    assert calls == [1, 8] + [1] * 5 + [8] * 2
-    assert figures["p50_ms"] == pytest.approx(3.0)
-    assert figures["p95_ms"] == pytest.approx(8.8)
-    assert figures["mean_ms"] == pytest.approx(4.0)
+    # six steady runs give an interval [9.8, 10.2] ms, 4% wide: the seventh is never run
+    assert calls == [1, 8] + [1] * 6 + [8] * 2
+    assert figures["runs"] == 6
+    assert (figures["p50_low_ms"], figures["p50_ms"], figures["p50_high_ms"]) == pytest.approx(
+        (9.8, 10.0, 10.2))
+    assert figures["mean_ms"] == pytest.approx(10.0)
     assert figures["throughput_ips"] == pytest.approx(16 / 0.032)
 
 
+def test_measure_keeps_timing_a_noisy_runtime_up_to_max_runs():
+    now, calls = [0.0], []
+    spread = iter([5.0, 10.0, 15.0, 20.0] * 10)
+
+    def fake_model(batch: np.ndarray) -> None:
+        calls.append(len(batch))
+        now[0] += next(spread) / 1000 if len(batch) == 1 and len(calls) > 2 else 0.01
+
+    params = BenchmarkParams(warmup=1, min_runs=6, max_runs=20, ci_width=0.05, batch_size=8,
+                             batch_runs=1)
+    figures = measure(fake_model, np.zeros((1, 4, 4, 3)), np.zeros((8, 4, 4, 3)), params,
+                      clock=lambda: now[0])
+    assert figures["runs"] == 20
+    assert figures["p50_high_ms"] / figures["p50_low_ms"] - 1 > 0.05
+
+
+def test_benchmark_params_refuse_fewer_max_runs_than_min_runs():
+    with pytest.raises(ValidationError, match="below min_runs"):
+        BenchmarkParams(min_runs=10, max_runs=8)
+
+
 def _row(p50: float, throughput: float = 5.0, peak_fraction: float = 0.4) -> dict:
-    return {"p50_ms": p50, "p95_ms": p50 * 1.2, "mean_ms": p50 * 1.1,
+    return {"p50_ms": p50, "p50_low_ms": p50 * 0.98, "p50_high_ms": p50 * 1.02, "runs": 10,
+            "p95_ms": p50 * 1.2, "mean_ms": p50 * 1.1,
             "throughput_ips": throughput, "speedup_vs_predict": 1.0, "speedup_vs_best_tf": 1.0,
             "peak_fraction": peak_fraction}
 
@@ -89,6 +123,8 @@ def test_report_states_both_peaks_and_the_session_settings():
     (lambda r: r.update(extra=1), "extra"),
     (lambda r: r.pop("cpu_peak_gflops"), "cpu_peak_gflops"),
     (lambda r: r["onnxruntime_fp32"].update(p95_ms=1.0), "below p50"),
+    (lambda r: r["onnxruntime_fp32"].update(p50_high_ms=1.0), "outside its interval"),
+    (lambda r: r["onnxruntime_fp32"].pop("runs"), "runs"),
     (lambda r: r["keras_predict"].update(throughput_ips=0), "greater than 0"),
     (lambda r: r.update(onnxruntime_int8=_row(80.0)), "do not match the rows"),
     (lambda r: r["goals"].pop("fp32_p50_at_most_115ms"), "do not match the rows"),
@@ -100,3 +136,21 @@ def test_schema_rejects_malformed_reports(change, message):
     change(report)
     with pytest.raises(ValidationError, match=message):
         BenchmarkReport.model_validate(report)
+
+
+def test_headline_keeps_one_p50_per_runtime_and_the_goals():
+    report = BenchmarkReport.model_validate(
+        _report(**TF_AND_FP32, onnxruntime_int8=80.0)).model_dump(exclude_none=True)
+    compact = headline(report)
+    assert compact == {"p50_ms": {"predict": 300.0, "tf_function": 200.0, "ort_fp32": 150.0,
+                                  "ort_int8": 80.0},
+                       "goals": report["goals"]}
+
+
+def test_a_baseline_measured_with_other_settings_is_refused(tmp_path):
+    baseline = {"input_size": 32, "threads": 2, "batch_size": 4,
+                "keras_predict": _row(30.0), "keras_tf_function": _row(20.0)}
+    params = BenchmarkParams(threads=3, batch_size=4, min_runs=6, max_runs=6)
+    with pytest.raises(BenchmarkError, match=r"'threads': 2.*'threads': 3.*dvc repro tf_baseline"):
+        benchmark(baseline, tmp_path / "unused.onnx", None,
+                  np.zeros((2, 32, 32, 3), np.uint8), params)

@@ -215,7 +215,7 @@ def candidate_files(project: Path, seed: int, macro_f1: float, agreement: float 
     save_tiny_model(project / "export/model.onnx", seed=seed)
     files = {"metrics/export.json": {"model": "tiny", "max_abs_diff": 1e-7, "tolerance": 1e-4,
                                      "top1_agreement": agreement, "min_top1_agreement": 0.999},
-             "metrics/benchmark.json": {"input_size": 8, "onnxruntime_fp32": {
+             "reports/benchmark.json": {"input_size": 8, "onnxruntime_fp32": {
                  "p50_ms": 0.1, "speedup_vs_best_tf": 5.0}},
              "metrics/models/tiny.json": {"macro_f1": macro_f1, "test_images": 12}}
     for name, content in files.items():

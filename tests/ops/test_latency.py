@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 from tiny_onnx import save_tiny_model
 
@@ -19,7 +17,6 @@ from rarespecies.ops.latency import (
     compare_models,
     judge,
     measure_ratio,
-    median_interval,
     versus_benchmark,
 )
 
@@ -48,13 +45,6 @@ class FakeTimes:
     def measure(self, params: PromoteParams = PARAMS) -> latency.LatencyVerdict:
         return measure_ratio(self.call("candidate"), self.call("baseline"), "promoted v1",
                              params, self.clock)
-
-
-def test_median_interval_covers_the_median_with_order_statistics():
-    values = np.arange(1.0, 21.0)  # n = 20: the 95% interval is [x(6), x(15)]
-    assert median_interval(values) == (10.5, 6.0, 15.0)
-    median, low, high = median_interval(np.ones(5))  # too few samples for 95%
-    assert median == 1.0 and (low, high) == (-math.inf, math.inf)
 
 
 @pytest.mark.parametrize(("low", "high", "ratio", "outcome"), [

@@ -21,7 +21,7 @@ def test_first_repro_runs_every_stage(reproduced):
         "ingest", "validate", "split", *(f"preprocess@{b}" for b in BACKBONES),
         "features@convnext_base", *(f"train@{m}" for m in MODELS),
         *(f"evaluate@{m}" for m in MODELS), "leaderboard", "select", "export", "quantize",
-        "benchmark", "model_card"}
+        "tf_baseline", "benchmark", "model_card"}
 
 
 def test_metrics_plots_and_reports_are_written(reproduced):
@@ -91,10 +91,15 @@ def test_int8_variant_benchmark_and_model_card(reproduced):
                                 (project / "export/model.onnx", int8))
         assert np.mean(fp32_top1 == int8_top1) == pytest.approx(quantized["top1_agreement"])
         assert quantized["top1_agreement"] >= 0.9
-    bench = json.loads((project / "metrics/benchmark.json").read_text())
+    bench = json.loads((project / "reports/benchmark.json").read_text())
     BenchmarkReport.model_validate(bench)  # strict: no missing, extra or impossible figure
     assert ("onnxruntime_int8" in bench) == int8.is_file()
     assert bench["threads"] >= 1 and bench["input_size"] == 32
+    baseline = json.loads((project / "reports/tf_baseline.json").read_text())
+    assert bench["keras_tf_function"]["p50_ms"] == baseline["keras_tf_function"]["p50_ms"]
+    headline = json.loads((project / "metrics/benchmark.json").read_text())
+    assert headline["p50_ms"]["ort_fp32"] == bench["onnxruntime_fp32"]["p50_ms"]
+    assert headline["goals"] == bench["goals"]
     table = (project / "reports/benchmark.md").read_text()
     assert "| onnxruntime fp32 |" in table and "| Keras `model.predict` |" in table
     card = (project / "reports/model_card.md").read_text()

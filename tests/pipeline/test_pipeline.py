@@ -209,8 +209,11 @@ def test_exp_show_as_the_readme_writes_it_fits_160_columns(reproduced, tmp_path,
     header = next(line for line in lines if "Experiment" in line)
     assert all(f"{m}.{TEST_F1}" in header for m in MODELS), table
     assert "models.convnext_full.head.dropout" in table.replace("\n", ""), table
-    rows = [line for line in lines if any(n in line for n in ("workspace", "drop-1", "drop-4"))]
-    assert len(rows) == 3, table
+    rows = [line.split() for line in lines[3:] if line.strip().strip("─")]
+    # The workspace, the baseline commit and its two experiments, each with five F1 figures.
+    assert len(rows) == 4 and rows[0][0] == "workspace", table
+    assert [row[0] for row in rows[2:]] == ["├──", "└──"], table
+    assert all(0 <= float(f1) <= 1 for row in rows for f1 in row[-6:-1]), table
     diff = run("dvc", "metrics", "diff", "drop-1", "drop-4", cwd=project).stdout.splitlines()
     assert len(diff) <= 50 and max(map(len, diff)) <= 160, "\n".join(diff)
     plots = json.loads(run("dvc", "plots", "diff", "drop-1", "drop-4", "--json", "--split",

@@ -25,6 +25,7 @@ from rarespecies.ops.pipeline import (
     repro_outcome,
     stage_failure,
 )
+from rarespecies.runtime.metrics import TEST_F1
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_failure,
@@ -63,8 +64,9 @@ def pipeline(root: str = ".") -> dict:
     logger.info("skipped %d unchanged stage(s): %s", len(skipped), ", ".join(skipped) or "none")
     metrics = collect_metrics(Path(root))
     for name, values in metrics.items():
-        if "macro_f1" in values:
-            logger.info("%s: test macro F1 %.4f", name, values["macro_f1"])
+        figures = values.get(name)  # a model's file: {model: {"f1", ...}}
+        if isinstance(figures, dict) and TEST_F1 in figures:
+            logger.info("%s: test macro F1 %.4f", name, figures[TEST_F1])
     return {"stages": results, "metrics": metrics}
 
 

@@ -11,7 +11,7 @@ from rarespecies.export.model_card import write_model_card
 def work() -> str:
     """Write the card of `export/model.onnx`."""
     card = write_model_card(paths.EXPORT_DIR, paths.ONNX_FILE, paths.SPLIT_REPORT,
-                            paths.INGEST_REPORT, paths.EXPORT_METRICS, paths.QUANTIZE_METRICS,
+                            paths.INGEST_REPORT, paths.EXPORT_REPORT, paths.QUANTIZE_REPORT,
                             paths.MODEL_CARD)
     return f"{paths.MODEL_CARD} ({len(card.splitlines())} lines)"
 

@@ -12,7 +12,7 @@ from rarespecies.export.quantize import quantize
 def work() -> str:
     """Quantize with the `quantize` keys of params.yaml."""
     report = quantize(paths.ONNX_FILE, paths.EXPORT_DIR, paths.INT8_DIR, load_params().quantize,
-                      paths.QUANTIZE_METRICS)
+                      paths.QUANTIZE_REPORT, paths.QUANTIZE_METRICS)
     where = paths.INT8_FILE if report["shipped"] else "not shipped"
     return f"{report['quantization']} -> {where} ({report['int8_mb']} MB): {report['reason']}"
 

@@ -53,7 +53,8 @@ def model_file(model: str) -> Path:
 
 
 def train_report(model: str) -> Path:
-    """Validation figures of a training (a DVC metric)."""
+    """What a training did: its settings' names, epochs, validation figures (a cached report;
+    `val_f1` also goes to the model's metrics file)."""
     return Path("reports/train") / f"{model}.json"
 
 
@@ -68,7 +69,14 @@ def checkpoint_dir(model: str) -> Path:
 
 
 def test_metrics(model: str) -> Path:
+    """The model's numbers people compare (a DVC metric): `{model: {f1, wf1, acc, top5,
+    val_f1}}`, keyed by the model so `dvc exp show` names each column once, briefly."""
     return Path("metrics/models") / f"{model}.json"
+
+
+def test_report(model: str) -> Path:
+    """Every test figure of a model (a cached report), what code reads."""
+    return Path("reports/test") / f"{model}.json"
 
 
 def families_table(model: str) -> Path:
@@ -87,11 +95,13 @@ EXPORT_DIR = Path("artifacts/export")
 CHOICE = EXPORT_DIR / "choice.json"
 TIMED_ARCHITECTURE = EXPORT_DIR / "timed.json"  # what TensorFlow's speed depends on
 ONNX_FILE = Path("export/model.onnx")  # a stable path for downstream tools
-EXPORT_METRICS = Path("metrics/export.json")
+EXPORT_METRICS = Path("metrics/export.json")  # parity figures only (a DVC metric)
+EXPORT_REPORT = Path("reports/export.json")  # the choice, parity, thresholds, size
 INT8_DIR = Path("export/int8")
 INT8_FILE = INT8_DIR / "model.onnx"
 INT8_NOTE = INT8_DIR / "NOT_SHIPPED.txt"
-QUANTIZE_METRICS = Path("metrics/quantize.json")
+QUANTIZE_METRICS = Path("metrics/quantize.json")  # INT8 drop, agreement, shipped
+QUANTIZE_REPORT = Path("reports/quantize.json")  # every figure, the method and the reason
 TF_BASELINE = Path("reports/tf_baseline.json")
 BENCHMARK_METRICS = Path("metrics/benchmark.json")  # batch-1 p50 per runtime and the goals
 BENCHMARK_FIGURES = Path("reports/benchmark.json")  # every figure, with intervals

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -236,6 +237,31 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_metrics(path: str | Path, figures: dict) -> None:
+    """Write a DVC metrics file, refusing anything but numbers (and booleans) at any depth.
+
+    `dvc exp show` gives every key of a metrics file a column: a string, a list or a null
+    there makes a column nobody compares, so those belong in a report (reports/*.json).
+
+    Args:
+        path: the metrics file (declared under `metrics:` in dvc.yaml).
+        figures: nested mappings whose leaves are int, float or bool.
+
+    Raises:
+        ValueError: naming the key and the value that is not a number.
+    """
+    def check(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for name, inner in value.items():
+                check(inner, f"{key}.{name}" if key else str(name))
+        elif not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{path}: metric {key!r} is {value!r}, not a finite number: "
+                             "put it in the stage's report (reports/*.json) instead")
+
+    check(figures, "")
+    write_json(path, figures)
 
 
 def read_json(path: str | Path) -> Any:

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from rarespecies.config.params import BenchmarkParams
-from rarespecies.core.files import atomic_path, read_json, write_json
+from rarespecies.core.files import atomic_path, read_json, write_json, write_metrics
 from rarespecies.export.flops import cpu_int8_peak_gops, cpu_peak_gflops, model_gflops
 from rarespecies.modeling.datasets import load_split
 from rarespecies.runtime.session import describe_session, open_session, probabilities
@@ -264,7 +264,7 @@ def table(figures: dict, settings: dict[str, str | int | bool] | None = None) ->
                          f"| {f['speedup_vs_best_tf']:.2f}x | {f['peak_fraction']:.1%} |")
     if "onnxruntime_int8" not in figures:
         lines += ["", "No INT8 row: the quantized model did not pass its gate (see "
-                  "`metrics/quantize.json`)."]
+                  "`reports/quantize.json`)."]
     lines += ["", "The Keras rows come from the tf_baseline stage (`reports/tf_baseline.json`), "
               "measured once per architecture with the same settings; onnxruntime runs "
               "batches as `rarespecies predict` does.",
@@ -298,7 +298,7 @@ def run_benchmark(export_dir: Path, onnx_path: Path, int8_path: Path, baseline_p
     figures = benchmark(read_json(baseline_path), onnx_path,
                         int8_path if int8_path.is_file() else None, np.asarray(images), params)
     write_json(figures_path, figures)
-    write_json(metrics_path, headline(figures))
+    write_metrics(metrics_path, headline(figures))
     with atomic_path(report_path) as tmp:
         tmp.write_text(table(figures, describe_session(figures["threads"])))
     return figures

@@ -23,7 +23,7 @@ import yaml
 
 from rarespecies.config import paths
 from rarespecies.config.params import BackboneParams, ExportParams
-from rarespecies.core.files import read_json, write_json
+from rarespecies.core.files import read_json, write_json, write_metrics
 from rarespecies.export.convert import (
     ParityError,
     check_parity,
@@ -92,15 +92,22 @@ def provenance(choice: dict, labels: list[str], data_dvc: Path,
     }
 
 
+def parity_metrics(report: dict) -> dict:
+    """The export's numbers people compare, from its report: `{"parity": {"max_diff", "top1"}}`
+    (the largest probability difference to Keras, the share of equal top-1 families)."""
+    return {"parity": {"max_diff": report["max_abs_diff"], "top1": report["top1_agreement"]}}
+
+
 def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: Path,
-           normalize_max_side: int) -> dict:
+           metrics_path: Path, normalize_max_side: int) -> dict:
     """Convert, check parity on the test split, and keep the file only if it passes.
 
     Args:
         export_dir: output of the select stage.
         params: export settings (opset, graph optimisation, tolerance).
         out_path: the ONNX file to write.
-        report_path: JSON with the choice and the parity figures.
+        report_path: JSON with the choice, the parity figures, thresholds and size.
+        metrics_path: the parity figures alone (`parity_metrics`, a DVC metric).
         normalize_max_side: `ingest.max_side`, recorded for consumers of the model.
 
     Returns:
@@ -126,4 +133,5 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
         out_path.unlink(missing_ok=True)
         raise
     write_json(report_path, report)
+    write_metrics(metrics_path, parity_metrics(report))
     return report

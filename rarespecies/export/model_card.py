@@ -100,8 +100,8 @@ def model_card(choice: dict, metadata: dict, families: list[dict], split: dict, 
         families: `read_families` of the chosen model.
         split: `reports/split.json`.
         ingest: `reports/ingest.json`.
-        export: `metrics/export.json` (parity).
-        quantize: `metrics/quantize.json`.
+        export: `reports/export.json` (parity).
+        quantize: `reports/quantize.json`.
         onnx_path: where the fp32 model ships.
 
     Returns:
@@ -146,14 +146,14 @@ def model_card(choice: dict, metadata: dict, families: list[dict], split: dict, 
 
 
 def write_model_card(export_dir: Path, onnx_path: Path, split_report: Path, ingest_report: Path,
-                     export_metrics: Path, quantize_metrics: Path, out: Path) -> str:
+                     export_report: Path, quantize_report: Path, out: Path) -> str:
     """Write the card of the exported model from the pipeline's outputs.
 
     Args:
         export_dir: the select stage's folder (`choice.json`, `per_family.csv`).
         onnx_path: the fp32 ONNX file (its metadata holds the provenance).
         split_report, ingest_report: the split and ingest reports.
-        export_metrics, quantize_metrics: the export and quantize figures.
+        export_report, quantize_report: the export and quantize reports (every figure).
         out: the Markdown file.
 
     Returns:
@@ -161,8 +161,8 @@ def write_model_card(export_dir: Path, onnx_path: Path, split_report: Path, inge
     """
     card = model_card(read_json(export_dir / "choice.json"), read_metadata(onnx_path),
                       read_families(export_dir / "per_family.csv"), read_json(split_report),
-                      read_json(ingest_report), read_json(export_metrics),
-                      read_json(quantize_metrics), str(onnx_path))
+                      read_json(ingest_report), read_json(export_report),
+                      read_json(quantize_report), str(onnx_path))
     with atomic_path(out) as tmp:
         tmp.write_text(card)
     return card

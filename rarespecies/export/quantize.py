@@ -5,7 +5,8 @@ quantized on the fly; static: both, calibrated on training images; mixed: static
 types, dynamic on the rest). Both models then classify the whole test split; the INT8 file
 goes to `export/int8/model.onnx` only when its macro F1 is at most `quantize.max_f1_drop`
 below the fp32 model's. Otherwise that folder holds
-`NOT_SHIPPED.txt` saying why, and `metrics/quantize.json` has the figures either way.
+`NOT_SHIPPED.txt` saying why, and `reports/quantize.json` has the figures either way
+(`metrics/quantize.json` the three people compare).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import onnx
 
 from rarespecies.config.params import QuantizeParams
-from rarespecies.core.files import atomic_path, write_json
+from rarespecies.core.files import atomic_path, write_json, write_metrics
 from rarespecies.modeling.datasets import load_split
 from rarespecies.runtime.metrics import macro_f1
 from rarespecies.runtime.session import open_session, probabilities
@@ -142,8 +143,15 @@ def compare(fp32: Path, int8: Path, images: np.ndarray, labels: np.ndarray,
                        f"{drop * 100:.2f} points, {verb} the allowed {max_f1_drop * 100:.2f}")}
 
 
+def int8_metrics(report: dict) -> dict:
+    """The quantization's numbers people compare, from its report:
+    `{"int8": {"f1_drop", "top1", "shipped"}}` (macro F1 lost, top-1 agreement with fp32)."""
+    return {"int8": {"f1_drop": report["macro_f1_drop"], "top1": report["top1_agreement"],
+                     "shipped": bool(report["shipped"])}}
+
+
 def quantize(fp32: Path, export_dir: Path, out_dir: Path, params: QuantizeParams,
-             report_path: Path) -> dict:
+             report_path: Path, metrics_path: Path) -> dict:
     """Make the INT8 candidate, compare it on the test split, ship it or say why not.
 
     Args:
@@ -151,7 +159,8 @@ def quantize(fp32: Path, export_dir: Path, out_dir: Path, params: QuantizeParams
         export_dir: the select stage's folder (test arrays; train arrays for calibration).
         out_dir: `export/int8`; holds `model.onnx` or `NOT_SHIPPED.txt`.
         params: the `quantize` settings.
-        report_path: the JSON report (a DVC metric).
+        report_path: the JSON report: every figure, the method and the reason.
+        metrics_path: `int8_metrics` (a DVC metric).
 
     Returns:
         The report.
@@ -172,4 +181,5 @@ def quantize(fp32: Path, export_dir: Path, out_dir: Path, params: QuantizeParams
                 f"The INT8 model ({report['quantization']}) was not shipped: "
                 f"{report['reason']}.\n")
     write_json(report_path, report)
+    write_metrics(metrics_path, int8_metrics(report))
     return report

@@ -66,7 +66,7 @@ def select(params: Params, root: Path, out_dir: Path) -> dict:
         "model": model, "reason": reason, "inputs": entry["inputs"],
         "backbone": params.backbone_of(model).model_dump(mode="json"),
         "settings": params.model(model).model_dump(mode="json"),
-        "test_metrics": read_json(root / paths.test_metrics(model)),
+        "test_metrics": read_json(root / paths.test_report(model)),
     }
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

@@ -50,7 +50,7 @@ def leaderboard(models: list[str], root: Path, split_csv: Path) -> pd.DataFrame:
     """
     rows = []
     for model in models:
-        test = read_json(root / paths.test_metrics(model))
+        test = read_json(root / paths.test_report(model))
         trained = read_json(root / paths.train_report(model))
         rows.append({"model": model, "backbone": trained["architecture"],
                      "head": trained["head"], "trained on": trained["inputs"],

@@ -74,9 +74,9 @@ def candidate(root: Path) -> dict:
         so the params and code are those of that commit).
     """
     try:
-        export = read_json(root / paths.EXPORT_METRICS)
+        export = read_json(root / paths.EXPORT_REPORT)
         bench = read_json(root / paths.BENCHMARK_FIGURES)
-        metrics = read_json(root / paths.test_metrics(export["model"]))
+        metrics = read_json(root / paths.test_report(export["model"]))
         data_md5 = yaml.safe_load((root / paths.DATA_DVC).read_text())["outs"][0]["md5"]
     except (OSError, KeyError, ValueError) as error:
         raise PromotionError(f"the pipeline's outputs are incomplete ({error}): run the "

@@ -9,6 +9,7 @@ import itertools
 from typing import Any
 
 from rarespecies.config import paths
+from rarespecies.runtime.metrics import TEST_F1, VAL_F1
 
 
 def parse_grid(settings: list[str]) -> dict[str, list[str]]:
@@ -88,11 +89,12 @@ def leaderboard(shown: list[dict], names: list[str], grid: dict[str, list[str]],
         metrics = found["data"].get("metrics") or {}
         if found["state"] == "failed":  # what it shows are the baseline's figures
             metrics = {}
-        val = (metrics.get(str(paths.train_report(model))) or {}).get("data", {})
-        test = (metrics.get(str(paths.test_metrics(model))) or {}).get("data", {})
+        # The model's metrics file (rarespecies.runtime.metrics.headline) holds both.
+        figures = ((metrics.get(str(paths.test_metrics(model))) or {}).get("data") or {})
+        figures = figures.get(model) or {}
         rows.append({"name": name, **{key: _lookup(params, key) for key in grid},
-                     "val_macro_f1": val.get("val_macro_f1"),
-                     "test_macro_f1": test.get("macro_f1"), "state": found["state"]})
+                     "val_macro_f1": figures.get(VAL_F1),
+                     "test_macro_f1": figures.get(TEST_F1), "state": found["state"]})
     return sorted(rows, key=lambda r: (r["val_macro_f1"] is None, -(r["val_macro_f1"] or 0)))
 
 

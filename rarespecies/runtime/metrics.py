@@ -111,3 +111,27 @@ def score(y_true: np.ndarray, probabilities: np.ndarray,
         "classes_tested": len(tested(y_true)),
     }
     return metrics, per_class(y_true, y_pred, np.arange(len(labels)))
+
+
+# The keys of a model's metrics file: short, because each is a column of `dvc exp show`.
+TEST_F1 = "f1"  # test macro F1, the headline
+VAL_F1 = "val_f1"  # validation macro F1, what `export.model: best` ranks by
+
+
+def headline(model: str, test: dict, val_macro_f1: float) -> dict:
+    """The numbers people compare for one model, keyed by the model's name.
+
+    A key that two metrics files share gets its file's path in the column name
+    (`metrics/models/custom_cnn.json:f1`); under the model's name it stays `custom_cnn.f1`.
+
+    Args:
+        model: the model's name.
+        test: the evaluation's figures (`score`'s).
+        val_macro_f1: the training report's validation macro F1.
+
+    Returns:
+        `{model: {"f1", "wf1", "acc", "top5", "val_f1"}}`.
+    """
+    return {model: {TEST_F1: test["macro_f1"], "wf1": test["weighted_f1"],
+                    "acc": test["accuracy"], "top5": test["top5_accuracy"],
+                    VAL_F1: val_macro_f1}}

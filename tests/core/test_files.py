@@ -1,7 +1,9 @@
 """Files: atomic writes whose killed temporaries the next write removes, and input opened
 without ever blocking on a FIFO or a device."""
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from rarespecies.core.files import (
     remove_stale_temporaries,
     walk_files,
     write_json,
+    write_metrics,
 )
 
 from conftest import killed_writer, start_writer
@@ -125,3 +128,22 @@ def test_walk_lists_links_without_following_them_and_reports_unlistable_folders(
     assert [p.relative_to(tmp_path).as_posix() for p in entries] == [
         "a/b/photo.jpg", "a/b/up", "a/self"]
     assert failed == [(tmp_path / "locked", "permission denied")]
+
+
+def test_metrics_files_hold_numbers_and_booleans_at_any_depth(tmp_path):
+    figures = {"parity": {"max_diff": 2.9e-7, "top1": 1.0}, "images": 55, "shipped": True}
+    write_metrics(tmp_path / "m.json", figures)
+    assert json.loads((tmp_path / "m.json").read_text()) == figures
+
+
+@pytest.mark.parametrize(("figures", "key"), [
+    ({"model": "convnext_full"}, "'model' is 'convnext_full'"),
+    ({"int8": {"reason": "within the drop"}}, "'int8.reason' is 'within the drop'"),
+    ({"sizes": [1, 2]}, "'sizes' is [1, 2]"),
+    ({"p50": None}, "'p50' is None"),
+    ({"f1": float("nan")}, "'f1' is nan"),
+])
+def test_a_metric_that_is_not_a_number_is_refused_naming_its_key(tmp_path, figures, key):
+    with pytest.raises(ValueError, match=re.escape(key) + ".*reports/"):
+        write_metrics(tmp_path / "m.json", figures)
+    assert not (tmp_path / "m.json").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -123,11 +124,16 @@ def test_gate_ships_only_within_the_allowed_drop(fp32, tmp_path, monkeypatch, in
 def test_stage_ships_the_int8_model_when_it_passes(fp32, export_dir, tmp_path):
     out = tmp_path / "export/int8"
     params = QuantizeParams(max_f1_drop=1.0, calibration_images=3)  # the default: mixed
-    report = quantize(fp32, export_dir, out, params, tmp_path / "quantize.json")
+    report = quantize(fp32, export_dir, out, params, tmp_path / "quantize.json",
+                      tmp_path / "metrics.json")
     assert report["shipped"] and report["images"] == 12
     assert "3 train images" in report["quantization"]  # calibrated on that split's first 3
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
     assert 0 <= report["int8_macro_f1"] <= 1 and 0 <= report["top1_agreement"] <= 1
+    # The report keeps every figure, the metrics file only the three people compare.
+    assert json.loads((tmp_path / "quantize.json").read_text()) == report
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"int8": {
+        "f1_drop": report["macro_f1_drop"], "top1": report["top1_agreement"], "shipped": True}}
 
 
 def test_stage_keeps_a_note_instead_of_a_failing_model(fp32, export_dir, tmp_path, monkeypatch):
@@ -135,7 +141,8 @@ def test_stage_keeps_a_note_instead_of_a_failing_model(fp32, export_dir, tmp_pat
     _fake_predictions(monkeypatch, fp32, labels, (labels + 1) % CLASSES)
     out = tmp_path / "export/int8"
     report = quantize(fp32, export_dir, out, QuantizeParams(method="dynamic"),
-                      tmp_path / "quantize.json")
+                      tmp_path / "quantize.json", tmp_path / "metrics.json")
     assert not report["shipped"] and report["int8_macro_f1"] == 0.0
+    assert json.loads((tmp_path / "metrics.json").read_text())["int8"]["shipped"] is False
     assert sorted(p.name for p in out.iterdir()) == ["NOT_SHIPPED.txt"]
     assert "drop of 100.00 points" in (out / "NOT_SHIPPED.txt").read_text()

@@ -50,7 +50,7 @@ def test_flow_skips_unchanged_stages_and_runs_changed_ones(reproduced, harness):
     result = pipeline(str(project))
     assert [r["stage"] for r in result["stages"]] == pipeline_stages(project)
     assert not any(r["ran"] for r in result["stages"])
-    assert 0 <= result["metrics"]["custom_cnn"]["macro_f1"] <= 1
+    assert 0 <= result["metrics"]["custom_cnn"]["custom_cnn"]["f1"] <= 1
     restore = edit_params(project, lambda p: p["models"]["custom_cnn"]["training"].update(
         epochs=2))
     try:

@@ -211,13 +211,13 @@ GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 
 
 def candidate_files(project: Path, seed: int, macro_f1: float, agreement: float = 1.0) -> None:
-    """What the pipeline would leave for the flow to judge: a model and its metrics."""
+    """What the pipeline would leave for the flow to judge: a model and its reports."""
     save_tiny_model(project / "export/model.onnx", seed=seed)
-    files = {"metrics/export.json": {"model": "tiny", "max_abs_diff": 1e-7, "tolerance": 1e-4,
+    files = {"reports/export.json": {"model": "tiny", "max_abs_diff": 1e-7, "tolerance": 1e-4,
                                      "top1_agreement": agreement, "min_top1_agreement": 0.999},
              "reports/benchmark.json": {"input_size": 8, "onnxruntime_fp32": {
                  "p50_ms": 0.1, "speedup_vs_best_tf": 5.0}},
-             "metrics/models/tiny.json": {"macro_f1": macro_f1, "test_images": 12}}
+             "reports/test/tiny.json": {"macro_f1": macro_f1, "test_images": 12}}
     for name, content in files.items():
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text(json.dumps(content))

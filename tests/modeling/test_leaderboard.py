@@ -26,12 +26,12 @@ def test_majority_baseline_predicts_the_largest_training_family(tmp_path):
 
 def test_models_are_ranked_by_test_macro_f1(tmp_path):
     for name, f1 in (("weak", 0.2), ("strong", 0.9)):
-        write_json(tmp_path / paths.test_metrics(name),
+        write_json(tmp_path / paths.test_report(name),
                    {"macro_f1": f1, "weighted_f1": f1, "accuracy": f1, "top5_accuracy": 1.0})
         write_json(tmp_path / paths.train_report(name),
                    {"architecture": "DenseNet121", "head": "gap", "inputs": "arrays",
                     "epochs": 7, "val_macro_f1": f1})
-    write_json(tmp_path / paths.test_metrics("stale"), {"macro_f1": 1.0})  # not listed: ignored
+    write_json(tmp_path / paths.test_report("stale"), {"macro_f1": 1.0})  # not listed: ignored
     table = leaderboard(["weak", "strong"], tmp_path,
                         _split_csv(tmp_path / "split.csv", ["a", "b"]))
     # The baseline scores 1/3 here: "weak" has learned less than always answering "a".

@@ -32,7 +32,7 @@ def _features(folder, rng, n_per_class=20, classes=3, width=16):
 
 
 def test_head_learns_separable_features_and_logs_curves(tmp_path):
-    from rarespecies.modeling.evaluate import evaluate
+    from rarespecies.modeling.evaluate import evaluate, write_headline
     from rarespecies.modeling.training import train
 
     _features(tmp_path, np.random.default_rng(0))
@@ -51,6 +51,10 @@ def test_head_learns_separable_features_and_logs_curves(tmp_path):
                        tmp_path / "m.json", tmp_path / "t.csv", tmp_path / "c.csv")
     assert metrics["macro_f1"] > 0.9
     assert json.loads((tmp_path / "m.json").read_text()) == metrics
+    headline = write_headline(tmp_path / "h.json", "head", metrics, result)
+    assert json.loads((tmp_path / "h.json").read_text()) == headline == {"head": {
+        "f1": metrics["macro_f1"], "wf1": metrics["weighted_f1"], "acc": metrics["accuracy"],
+        "top5": metrics["top5_accuracy"], "val_f1": result["val_macro_f1"]}}
     assert (tmp_path / "c.csv").read_text().splitlines()[0] == "actual,predicted"
 
 

@@ -188,5 +188,5 @@ def test_failed_promotion_leaves_the_promoted_model_untouched(root, monkeypatch)
 
 
 def test_candidate_names_the_missing_pipeline_output(root):
-    with pytest.raises(PromotionError, match=r"metrics/export\.json.*run the pipeline flow"):
+    with pytest.raises(PromotionError, match=r"reports/export\.json.*run the pipeline flow"):
         candidate(root)

@@ -13,6 +13,10 @@ from conftest import project_copy, ran_stages, run
 pytestmark = pytest.mark.slow
 MODELS = ("custom_cnn", "inception_resnet_v2", "densenet121", "convnext_mini", "convnext_full")
 BACKBONES = ("pixels", "convnext_base", "densenet121", "inception_resnet_v2")
+# README's `dvc exp show`: each model's test macro F1 (kept), the models' and backbones' changed
+# settings, nothing else (dropped: every column not named models.* or backbones.*).
+EXP_SHOW = ("dvc", "exp", "show", "--no-pager", "--only-changed",
+            "--keep", r"Experiment|.*\.f1$", "--drop", r"^(?!models\.|backbones\.)")
 
 
 def test_first_repro_runs_every_stage(reproduced):
@@ -28,9 +32,15 @@ def test_metrics_plots_and_reports_are_written(reproduced):
     project, _ = reproduced
     labels = json.loads((project / "artifacts/split/labels.json").read_text())
     for model in MODELS:
-        metrics = json.loads((project / f"metrics/models/{model}.json").read_text())
+        metrics = json.loads((project / f"reports/test/{model}.json").read_text())
         assert 0 <= metrics["macro_f1"] <= 1 and metrics["classes"] == len(labels)
         assert metrics["test_images"] >= len(labels)
+        # The metrics file: the numbers people compare, under the model's name.
+        trained = json.loads((project / f"reports/train/{model}.json").read_text())
+        assert json.loads((project / f"metrics/models/{model}.json").read_text()) == {model: {
+            "f1": metrics["macro_f1"], "wf1": metrics["weighted_f1"],
+            "acc": metrics["accuracy"], "top5": metrics["top5_accuracy"],
+            "val_f1": trained["val_macro_f1"]}}
         assert (project / f"dvclive/{model}/plots/metrics/train/loss.tsv").is_file()
         confusion = (project / f"plots/{model}/confusion.csv").read_text().splitlines()
         assert confusion[0] == "actual,predicted" and len(confusion) == metrics["test_images"] + 1
@@ -48,8 +58,10 @@ def test_onnx_export_passes_parity_and_carries_provenance(reproduced):
     from rarespecies.runtime.session import read_metadata
 
     project, _ = reproduced
-    report = json.loads((project / "metrics/export.json").read_text())
+    report = json.loads((project / "reports/export.json").read_text())
     assert report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
+    assert json.loads((project / "metrics/export.json").read_text()) == {
+        "parity": {"max_diff": report["max_abs_diff"], "top1": report["top1_agreement"]}}
     assert report["model"] == "convnext_full"
     assert report["reason"] == "export.model names convnext_full"
     metadata = read_metadata(project / "export/model.onnx")
@@ -62,7 +74,7 @@ def test_onnx_export_passes_parity_and_carries_provenance(reproduced):
     assert metadata["data_dvc_md5"] == data_md5
     # Nothing that changes from run to run is in the file: its bytes depend on the model only.
     assert "git_revision" not in metadata and "convert_seconds" not in report
-    macro_f1 = json.loads((project / "metrics/models/convnext_full.json").read_text())["macro_f1"]
+    macro_f1 = json.loads((project / "reports/test/convnext_full.json").read_text())["macro_f1"]
     assert metadata["test_macro_f1"] == f"{macro_f1:.4f}"
 
 
@@ -78,9 +90,12 @@ def test_int8_variant_benchmark_and_model_card(reproduced):
     from rarespecies.runtime.session import read_metadata
 
     project, _ = reproduced
-    quantized = json.loads((project / "metrics/quantize.json").read_text())
+    quantized = json.loads((project / "reports/quantize.json").read_text())
     int8 = project / "export/int8/model.onnx"
     assert int8.is_file() == quantized["shipped"]
+    assert json.loads((project / "metrics/quantize.json").read_text()) == {"int8": {
+        "f1_drop": quantized["macro_f1_drop"], "top1": quantized["top1_agreement"],
+        "shipped": quantized["shipped"]}}
     assert int8.is_file() or (project / "export/int8/NOT_SHIPPED.txt").is_file()
     if int8.is_file():
         assert read_metadata(int8)["labels"] == read_metadata(project / "export/model.onnx")[
@@ -103,7 +118,7 @@ def test_int8_variant_benchmark_and_model_card(reproduced):
     table = (project / "reports/benchmark.md").read_text()
     assert "| onnxruntime fp32 |" in table and "| Keras `model.predict` |" in table
     card = (project / "reports/model_card.md").read_text()
-    macro_f1 = json.loads((project / "metrics/models/convnext_full.json").read_text())["macro_f1"]
+    macro_f1 = json.loads((project / "reports/test/convnext_full.json").read_text())["macro_f1"]
     assert "# Model card: convnext_full" in card and f"| {macro_f1:.4f} |" in card
     assert "reports/benchmark.md" in card and "Worst families:" in card
 
@@ -168,16 +183,51 @@ def test_experiment_reports_the_changed_metric(reproduced, tmp_path):
     assert ran_stages(output) == {"train@convnext_full", "evaluate@convnext_full",
                                   "leaderboard", "select", "export", "quantize", "benchmark",
                                   "model_card"}
+    trained = json.loads((project / "reports/train/convnext_full.json").read_text())
+    assert trained["epochs"] == 1  # the experiment's outputs are in the workspace
     diff = json.loads(run("dvc", "metrics", "diff", "--json", cwd=project).stdout)
-    assert diff["reports/train/convnext_full.json"]["epochs"]["new"] == 1
-    assert "reports/train/custom_cnn.json" not in diff  # nothing else retrained
+    assert "metrics/models/custom_cnn.json" not in diff  # nothing else retrained
     shown = json.loads(run("dvc", "exp", "show", "--json", cwd=project).stdout)
     experiments = [exp for commit in shown for exp in commit.get("experiments") or []]
     ours = next(exp for exp in experiments if exp["name"] == "short-head")
     data = ours["revs"][0]["data"]
-    epochs = data["metrics"]["reports/train/convnext_full.json"]["data"]["epochs"]
+    figures = data["metrics"]["metrics/models/convnext_full.json"]["data"]["convnext_full"]
+    assert set(figures) == {"f1", "wf1", "acc", "top5", "val_f1"}
     params = data["params"]["params.yaml"]["data"]["models"]["convnext_full"]
-    assert epochs == 1 and params["training"]["epochs"] == 1
+    assert params["training"]["epochs"] == 1
+
+
+def test_exp_show_as_the_readme_writes_it_fits_160_columns(reproduced, tmp_path, monkeypatch):
+    """README's command shows every model's test macro F1 for the baseline and two experiments
+    in a 160-column terminal, no column collapsed to "…"; `dvc metrics diff` of the two fits
+    one screen; `dvc plots diff` draws both experiments' training curves."""
+    from rarespecies.runtime.metrics import TEST_F1
+
+    project = project_copy(reproduced[0], tmp_path / "project", commit=True)
+    for name, dropout in (("drop-1", 0.1), ("drop-4", 0.4)):
+        run("dvc", "exp", "run", "-n", name, "-S", f"models.convnext_full.head.dropout={dropout}",
+            cwd=project)
+    monkeypatch.setenv("COLUMNS", "160")
+    table = run(*EXP_SHOW, cwd=project).stdout
+    lines = table.splitlines()
+    assert "…" not in table and max(map(len, lines)) <= 160, table
+    header = next(line for line in lines if "Experiment" in line)
+    assert all(f"{m}.{TEST_F1}" in header for m in MODELS), table
+    assert "models.convnext_full.head.dropout" in table.replace("\n", ""), table
+    rows = [line.split() for line in lines[3:] if line.strip().strip("─")]
+    # The workspace, the baseline commit and its two experiments, each with five F1 figures.
+    assert len(rows) == 4 and rows[0][0] == "workspace", table
+    assert [row[0] for row in rows[2:]] == ["├──", "└──"], table
+    assert all(0 <= float(f1) <= 1 for row in rows for f1 in row[-6:-1]), table
+    diff = run("dvc", "metrics", "diff", "drop-1", "drop-4", cwd=project).stdout.splitlines()
+    assert len(diff) <= 50 and max(map(len, diff)) <= 160, "\n".join(diff)
+    plots = json.loads(run("dvc", "plots", "diff", "drop-1", "drop-4", "--json", "--split",
+                           "--targets", "dvclive/convnext_full/plots/metrics",
+                           cwd=project).stdout)
+    curves = plots["data"]  # {tsv file: [one vega plot]}, each overlaying the revisions
+    assert any(path.endswith("train/loss.tsv") for path in curves), list(curves)
+    assert all({"drop-1", "drop-4"} <= set(entry["revisions"])
+               for plot in curves.values() for entry in plot), curves
 
 
 def test_export_keeps_no_file_when_parity_fails(reproduced, monkeypatch, tmp_path):
@@ -197,5 +247,6 @@ def test_export_keeps_no_file_when_parity_fails(reproduced, monkeypatch, tmp_pat
     params = load_params(project / "params.yaml")
     out, report = tmp_path / "model.onnx", tmp_path / "export.json"
     with pytest.raises(ParityError, match=r"0\.25"):
-        export(project / "artifacts/export", params.export, out, report, params.ingest.max_side)
-    assert not out.exists() and not report.exists()
+        export(project / "artifacts/export", params.export, out, report, tmp_path / "m.json",
+               params.ingest.max_side)
+    assert not out.exists() and not report.exists() and not (tmp_path / "m.json").exists()

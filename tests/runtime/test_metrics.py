@@ -7,6 +7,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from rarespecies.runtime.metrics import (
     accuracy,
+    headline,
     macro_f1,
     per_class,
     score,
@@ -68,3 +69,10 @@ def test_names_work_as_well_as_indices():
     predicted = np.array(["a", "a", "a", "a"], dtype=object)
     assert macro_f1(y, predicted) == f1_score(y, predicted, labels=["a", "b", "c"],
                                               average="macro", zero_division=0)
+
+
+def test_a_models_headline_is_keyed_by_the_model_with_short_names():
+    test = {"macro_f1": 0.5, "weighted_f1": 0.6, "accuracy": 0.7, "top5_accuracy": 0.9,
+            "test_images": 55, "classes": 13, "classes_tested": 11}
+    assert headline("convnext_full", test, 0.4) == {"convnext_full": {
+        "f1": 0.5, "wf1": 0.6, "acc": 0.7, "top5": 0.9, "val_f1": 0.4}}

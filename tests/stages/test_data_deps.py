@@ -22,12 +22,12 @@ def per_model(*kinds) -> set[str]:
 
 
 def test_leaderboard_reads_each_models_figures_and_the_split():
-    expected = per_model(paths.test_metrics, paths.train_report) | {str(paths.SPLIT_TABLE)}
+    expected = per_model(paths.test_report, paths.train_report) | {str(paths.SPLIT_TABLE)}
     assert data_deps("leaderboard") == expected
 
 
 def test_select_lists_what_it_may_copy_for_any_model():
-    expected = per_model(paths.model_file, paths.train_report, paths.test_metrics,
+    expected = per_model(paths.model_file, paths.train_report, paths.test_report,
                          paths.families_table) | {str(paths.LABELS)}
     for entry in TRAINED.values():
         arrays = paths.arrays_dir(entry["backbone"])
@@ -39,7 +39,7 @@ def test_select_lists_what_it_may_copy_for_any_model():
 
 
 def test_no_stage_depends_on_a_whole_folder_of_per_model_outputs():
-    folders = {"models", "metrics/models", "reports/train", "reports/families",
+    folders = {"models", "metrics/models", "reports/train", "reports/test", "reports/families",
                "artifacts/arrays", "artifacts/features"}
     for name, entry in STAGES.items():
         deps = set(entry.get("do", entry).get("deps", []))

@@ -126,6 +126,17 @@ def graft(backbone_path: Path, head: keras.Model, weights_file: Path, path: Path
     merged = compose.merge_models(backbone, head_proto,
                                   io_map=[(FEATURES, HEAD_PREFIX + FEATURES)])
     _rename_output(merged.graph, HEAD_PREFIX + OUTPUT_NAME, OUTPUT_NAME)
+    # merge_models lists each part's opset (onnxruntime's quantizer then finds two ai.onnx
+    # domains and refuses the file) and signs as itself: keep one entry per domain and the
+    # converter's name, as a whole conversion has them.
+    opsets = {("" if entry.domain == "ai.onnx" else entry.domain): entry.version
+              for entry in merged.opset_import}
+    del merged.opset_import[:]
+    merged.opset_import.extend(onnx.helper.make_opsetid(domain, version)
+                               for domain, version in sorted(opsets.items()))
+    merged.producer_name, merged.producer_version = (backbone.producer_name,
+                                                     backbone.producer_version)
+    del merged.graph.value_info[:]  # as a whole export: shapes are inferred at load
     return save_checked(merged, path, metadata)
 
 

@@ -88,7 +88,7 @@ def test_graft_refuses_a_backbone_graph_of_other_weights(grafted, tmp_path):
     backbone, _ = mini_convnext_parts()
     backbone.set_weights([w * 1.01 for w in backbone.get_weights()])
     backbone.save_weights(other)
-    with pytest.raises(GraftError, match="other weights.*dvc repro export_backbone"):
+    with pytest.raises(GraftError, match=r"other weights.*dvc repro export_backbone"):
         graft(grafted["backbone"], grafted["head"], other, tmp_path / "m.onnx", 17, METADATA)
     assert not (tmp_path / "m.onnx").exists()
 

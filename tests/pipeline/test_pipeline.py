@@ -3,6 +3,8 @@
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -111,17 +113,26 @@ def test_second_repro_runs_nothing(reproduced):
     assert json.loads(run("dvc", "status", "--json", cwd=project).stdout) == {}
 
 
-def _repro_with(project, change) -> set[str]:
-    """Stages a `dvc repro` runs after `change(params)`; params.yaml is restored afterwards."""
+@contextmanager
+def _params_changed(project, change) -> Iterator[None]:
+    """params.yaml with `change(params)` applied for the block, restored afterwards."""
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
     change(params)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        return ran_stages(run("dvc", "repro", cwd=project).stdout)
+        yield
     finally:
         params_file.write_text(original)
+
+
+def _repro_with(project, change) -> set[str]:
+    """Stages a `dvc repro` runs after `change(params)`; params.yaml is restored afterwards."""
+    try:
+        with _params_changed(project, change):
+            return ran_stages(run("dvc", "repro", cwd=project).stdout)
+    finally:
         run("dvc", "repro", cwd=project)  # back to the committed state (from the run cache)
 
 
@@ -138,15 +149,8 @@ def test_other_model_parameter_leaves_export_alone(reproduced):
 
 def _stale(project, stage: str, change) -> dict:
     """`dvc status --json <stage>` after `change(params)`; params.yaml is restored afterwards."""
-    params_file = project / "params.yaml"
-    original = params_file.read_text()
-    params = yaml.safe_load(original)
-    change(params)
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
+    with _params_changed(project, change):
         return json.loads(run("dvc", "status", "--json", stage, cwd=project).stdout)
-    finally:
-        params_file.write_text(original)
 
 
 def test_backbone_graph_reruns_for_a_backbone_change_not_for_a_head_change(reproduced):

@@ -10,7 +10,8 @@ from the select stage's folder `artifacts/export/` and the features stage's back
    converted, same parity gate.
 
 It prints each step's wall time and peak memory, both parity figures, the two graphs' node
-counts and the largest probability difference between the grafted and the whole file.
+counts, the largest probability difference between the grafted and the whole file, and the
+quantize stage's INT8 gate (`quantize` in params.yaml) run on each file.
 
     python benchmarks/graft_export.py [--out /tmp/graft] [--no-whole]
 """
@@ -83,7 +84,9 @@ def main(out: Annotated[Path, typer.Option(help="Folder for the files it writes.
     import onnx
     import onnxruntime as ort
 
+    from rarespecies.config.params import load_params
     from rarespecies.export.optimize import op_counts
+    from rarespecies.export.quantize import quantize
     from rarespecies.modeling.datasets import load_split
 
     out.mkdir(parents=True, exist_ok=True)
@@ -103,6 +106,11 @@ def main(out: Annotated[Path, typer.Option(help="Folder for the files it writes.
         counts = op_counts(onnx.load(str(path), load_external_data=False))
         typer.echo(f"{kind:>8} nodes: {sum(counts.values())} "
                    f"{json.dumps(dict(sorted(counts.items())))}")
+    for kind, path in files.items():
+        report = quantize(path, paths.EXPORT_DIR, out / f"int8_{kind}", load_params().quantize,
+                          out / f"quantize_{kind}.json")
+        typer.echo(f"{kind:>8} INT8: shipped {report['shipped']}, {report['int8_mb']} MB, "
+                   f"top-1 agreement {report['top1_agreement']:.2%}: {report['reason']}")
     if whole:
         images, _ = load_split(paths.EXPORT_DIR, "test")
         probabilities = [

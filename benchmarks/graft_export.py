@@ -91,8 +91,8 @@ def main(out: Annotated[Path, typer.Option(help="Folder for the files it writes.
 
     out.mkdir(parents=True, exist_ok=True)
     kinds = ["backbone", "grafted"] + (["whole"] if whole else [])
-    results = {kind: _measure(kind, out) for kind in kinds}
-    for kind, result in results.items():
+    for kind in kinds:  # each line as soon as its step is done
+        result = _measure(kind, out)
         peak = f"{result['peak_gb']:.1f} GB" if result["peak_gb"] else "below an earlier step"
         line = f"{kind:>8}: {result['seconds']:6.1f} s, peak memory {peak}"
         if result["report"]:

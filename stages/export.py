@@ -35,7 +35,8 @@ def work() -> str:
     # Not in the file nor in a metric: neither is the same from one run to the next.
     typer.echo(f"export: converted in {time.perf_counter() - start:.1f} s from git "
                f"{git_revision()}")
-    return (f"{report['model']} -> {paths.ONNX_FILE} ({report['onnx_mb']} MB, opset "
+    route = "head grafted onto its backbone's graph" if report["grafted"] else "converted whole"
+    return (f"{report['model']} ({route}) -> {paths.ONNX_FILE} ({report['onnx_mb']} MB, opset "
             f"{report['opset']}): max |p_onnx - p_keras| {report['max_abs_diff']:.2e} on "
             f"{report['images']} test images, top-1 agreement {report['top1_agreement']:.2%}")
 

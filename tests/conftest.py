@@ -368,13 +368,12 @@ def killed_writer(target: Path) -> Path:
 MINI_SIZE, MINI_CLASSES = 32, 5
 
 
-def mini_convnext_keras():
-    """ConvNeXt with one block per stage and 8-64 channels and a GELU head, as the export's
-    Keras inference model (uint8 pixels in, probabilities out); the same weights every call."""
+def mini_convnext_parts():
+    """The mini ConvNeXt's backbone (float pixels -> 64 pooled features) and its GELU head
+    (features -> 5 probabilities); the same weights every call."""
     import keras
     from keras.src.applications import convnext as keras_convnext
 
-    from rarespecies.export.convert import inference_model
     from rarespecies.modeling.backbones import to_depthwise
 
     keras.utils.set_random_seed(7)
@@ -383,7 +382,15 @@ def mini_convnext_keras():
         input_shape=(MINI_SIZE, MINI_SIZE, 3), weights=None, name="mini_convnext"))
     head = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="gelu"),
                              keras.layers.Dense(MINI_CLASSES, activation="softmax")])
-    return inference_model(backbone, head, MINI_SIZE)
+    return backbone, head
+
+
+def mini_convnext_keras():
+    """ConvNeXt with one block per stage and 8-64 channels and a GELU head, as the export's
+    Keras inference model (uint8 pixels in, probabilities out); the same weights every call."""
+    from rarespecies.export.convert import inference_model
+
+    return inference_model(*mini_convnext_parts(), MINI_SIZE)
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,11 @@ def features_dir(backbone: str) -> Path:
     return Path("artifacts/features") / backbone
 
 
+def backbone_graph(backbone: str) -> Path:
+    """A frozen backbone converted to ONNX once (export_backbone@<backbone>), for grafting."""
+    return Path("artifacts/onnx") / backbone / "backbone.onnx"
+
+
 def inputs_dir(inputs: str, backbone: str) -> Path:
     """What a model trains on: `features` or `arrays` of its backbone."""
     return features_dir(backbone) if inputs == "features" else arrays_dir(backbone)

@@ -78,6 +78,60 @@ def inference_model(backbone: keras.Model, head: keras.Model, input_size: int) -
     return keras.Model(pixels, probabilities, name="classifier")
 
 
+def to_onnx(model: keras.Model, opset: int, optimize: bool = True) -> onnx.ModelProto:
+    """Convert a one-input Keras model with tf2onnx, batch dynamic, then rewrite it for speed.
+
+    Args:
+        model: a functional model with one input (its name and dtype become the ONNX input's).
+        opset: ONNX opset (tf2onnx 1.17 supports up to 18).
+        optimize: rewrite the graph with `rarespecies.export.optimize.optimize` (fusable GELU,
+            LayerNormalization, 4-D MatMul); False keeps tf2onnx's graph.
+
+    Returns:
+        The model, portable-folded (`fold_reduce_unsqueeze`), not yet canonicalized.
+    """
+    import tf2onnx
+
+    register_tf2onnx_fixes()
+    hash_nodes_by_creation()
+    source = model.inputs[0]
+    signature = (tf.TensorSpec([None, *source.shape[1:]], source.dtype, name=source.name),)
+    with _quiet_tf2onnx():
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    for value_info in (*proto.graph.input, *proto.graph.output):
+        # tf2onnx names the dynamic batch dimension "unk__<n>"; give it a readable name.
+        value_info.type.tensor_type.shape.dim[0].dim_param = "batch"
+    if optimize:
+        proto = optimize_graph(proto)
+    # A no-op after optimize_graph (its 4-D MatMul removes the pattern); without it, the fold
+    # is what lets OpenCV's DNN run the file.
+    fold_reduce_unsqueeze(proto)
+    return proto
+
+
+def save_checked(proto: onnx.ModelProto, path: Path, metadata: dict[str, str]) -> Path:
+    """Canonicalize names, set the metadata, write atomically, then validate the file.
+
+    Args:
+        proto: the model (changed in place).
+        path: destination `.onnx` file.
+        metadata: string pairs stored in `metadata_props` (replacing any there).
+
+    Returns:
+        `path`, once the file passed `onnx.checker.check_model(full_check=True)`.
+    """
+    canonicalize(proto.graph)
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=str(key), value=str(value))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+        # By path: ConvNeXtBase (~350 MB) is too large for the in-memory check.
+        onnx.checker.check_model(str(tmp), full_check=True)
+    return path
+
+
 def convert_to_onnx(model: keras.Model, path: Path, opset: int, metadata: dict[str, str],
                     optimize: bool = True) -> Path:
     """Convert `model` to ONNX with a dynamic batch, validate it and write it atomically.
@@ -93,31 +147,7 @@ def convert_to_onnx(model: keras.Model, path: Path, opset: int, metadata: dict[s
     Returns:
         `path`, once the file passed `onnx.checker.check_model(full_check=True)`.
     """
-    import tf2onnx
-
-    register_tf2onnx_fixes()
-    hash_nodes_by_creation()
-    _, height, width, channels = model.inputs[0].shape
-    signature = (tf.TensorSpec([None, height, width, channels], tf.uint8, name=INPUT_NAME),)
-    with _quiet_tf2onnx():
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
-    for value_info in (*proto.graph.input, *proto.graph.output):
-        # tf2onnx names the dynamic batch dimension "unk__<n>"; give it a readable name.
-        value_info.type.tensor_type.shape.dim[0].dim_param = "batch"
-    if optimize:
-        proto = optimize_graph(proto)
-    # A no-op after optimize_graph (its 4-D MatMul removes the pattern); without it, the fold
-    # is what lets OpenCV's DNN run the file.
-    fold_reduce_unsqueeze(proto)
-    canonicalize(proto.graph)
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=str(key), value=str(value))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp))
-        # By path: ConvNeXtBase (~350 MB) is too large for the in-memory check.
-        onnx.checker.check_model(str(tmp), full_check=True)
-    return path
+    return save_checked(to_onnx(model, opset, optimize), path, metadata)
 
 
 def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, batch_size: int = 16) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from rarespecies.export.convert import (
     inference_model,
     parity,
 )
+from rarespecies.export.graft import graft
 from rarespecies.modeling.datasets import load_split
 from rarespecies.modeling.features import load_backbone
 from rarespecies.modeling.heads import HEAD
@@ -38,15 +40,15 @@ from rarespecies.modeling.models import BACKBONE
 from rarespecies.runtime.images import RESIZE_METHOD
 
 
-def load_inference_model(export_dir: Path):
-    """Rebuild the chosen model from the select stage's folder, taking uint8 pixels.
+def load_parts(export_dir: Path):
+    """The chosen model's backbone and head, from the select stage's folder.
 
     Args:
         export_dir: output of the select stage (`choice.json`, `model.keras`, and for a head
             on cached features the `backbone.weights.h5` that produced them).
 
     Returns:
-        The Keras model `[N, S, S, 3]` uint8 -> probabilities.
+        (backbone: float pixels -> features, head: features -> probabilities, input size).
     """
     import keras
 
@@ -58,7 +60,19 @@ def load_inference_model(export_dir: Path):
         head = trained
     else:  # trained end to end: drop the augmentation, keep its backbone and head
         backbone, head = trained.get_layer(BACKBONE), trained.get_layer(HEAD)
-    return inference_model(backbone, head, choice["backbone"]["input_size"])
+    return backbone, head, choice["backbone"]["input_size"]
+
+
+def load_inference_model(export_dir: Path):
+    """Rebuild the chosen model from the select stage's folder, taking uint8 pixels.
+
+    Args:
+        export_dir: output of the select stage.
+
+    Returns:
+        The Keras model `[N, S, S, 3]` uint8 -> probabilities.
+    """
+    return inference_model(*load_parts(export_dir))
 
 
 def provenance(choice: dict, labels: list[str], data_dvc: Path,
@@ -99,8 +113,12 @@ def parity_metrics(report: dict) -> dict:
 
 
 def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: Path,
-           metrics_path: Path, normalize_max_side: int) -> dict:
+           metrics_path: Path, normalize_max_side: int,
+           backbone_graphs: Callable[[str], Path] | None = paths.backbone_graph) -> dict:
     """Convert, check parity on the test split, and keep the file only if it passes.
+
+    A head trained on cached features is converted alone and grafted onto its backbone's
+    graph (`export_backbone@<backbone>`); a model trained end to end is converted whole.
 
     Args:
         export_dir: output of the select stage.
@@ -109,6 +127,8 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
         report_path: JSON with the choice, the parity figures, thresholds and size.
         metrics_path: the parity figures alone (`parity_metrics`, a DVC metric).
         normalize_max_side: `ingest.max_side`, recorded for consumers of the model.
+        backbone_graphs: backbone name -> its `export_backbone` graph; None converts every
+            model whole.
 
     Returns:
         The report.
@@ -118,10 +138,17 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
     # dependency of ingest, so a change to it reruns this stage anyway.
     metadata = provenance(choice, read_json(export_dir / "labels.json"), paths.DATA_DVC,
                           normalize_max_side)
-    keras_model = load_inference_model(export_dir)
-    convert_to_onnx(keras_model, out_path, params.opset, metadata, params.optimize)
+    backbone, head, input_size = load_parts(export_dir)
+    keras_model = inference_model(backbone, head, input_size)
+    backbone_graph = graph_of(choice, backbone_graphs)
+    if backbone_graph is not None:
+        graft(backbone_graph, head, export_dir / paths.BACKBONE_WEIGHTS,
+              out_path, params.opset, metadata, params.optimize)
+    else:
+        convert_to_onnx(keras_model, out_path, params.opset, metadata, params.optimize)
     images, _ = load_split(export_dir, "test")
-    report = {"model": choice["model"], "reason": choice["reason"]}
+    report = {"model": choice["model"], "reason": choice["reason"],
+              "grafted": backbone_graph is not None}
     report |= parity(keras_model, out_path, np.asarray(images))
     report |= {"tolerance": params.parity_tolerance,
                "min_top1_agreement": params.min_top1_agreement, "opset": params.opset,
@@ -135,3 +162,26 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
     write_json(report_path, report)
     write_metrics(metrics_path, parity_metrics(report))
     return report
+
+
+def graph_of(choice: dict, backbone_graphs: Callable[[str], Path] | None) -> Path | None:
+    """The converted backbone graph the chosen model's head grafts onto, if it has one.
+
+    Args:
+        choice: the select stage's `choice.json`.
+        backbone_graphs: backbone name -> its `export_backbone` file.
+
+    Returns:
+        The file for a head on cached features; None for a model trained end to end.
+
+    Raises:
+        FileNotFoundError: a features model whose backbone graph is missing, naming the stage.
+    """
+    if choice["inputs"] != "features" or backbone_graphs is None:
+        return None
+    name = choice["settings"]["backbone"]
+    path = Path(backbone_graphs(name))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the backbone graph of {choice['model']}; "
+                                f"make it with `dvc repro export_backbone@{name}`")
+    return path

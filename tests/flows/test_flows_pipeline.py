@@ -29,11 +29,13 @@ def test_stage_order_is_read_from_dvc_yaml():
                           "features@convnext_base"), ("features@convnext_base",
                           "train@convnext_full"), ("evaluate@convnext_full", "select"),
                           ("train@densenet121", "select"), ("select", "export"),
+                          ("features@convnext_base", "export_backbone@convnext_base"),
+                          ("export_backbone@convnext_base", "export"),
                           ("export", "quantize"), ("quantize", "benchmark"),
                           ("quantize", "model_card"), ("train@custom_cnn", "evaluate@custom_cnn"),
                           ("evaluate@convnext_mini", "leaderboard")]:
         assert order.index(before) < order.index(after)
-    assert len(order) == len(set(order)) == 24
+    assert len(order) == len(set(order)) == 25
 
 
 def edit_params(project, change):

@@ -3,6 +3,8 @@
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -23,7 +25,8 @@ def test_first_repro_runs_every_stage(reproduced):
     _, output = reproduced
     assert ran_stages(output) == {
         "ingest", "validate", "split", *(f"preprocess@{b}" for b in BACKBONES),
-        "features@convnext_base", *(f"train@{m}" for m in MODELS),
+        "features@convnext_base", "export_backbone@convnext_base",
+        *(f"train@{m}" for m in MODELS),
         *(f"evaluate@{m}" for m in MODELS), "leaderboard", "select", "export", "quantize",
         "tf_baseline", "benchmark", "model_card"}
 
@@ -130,17 +133,26 @@ def test_second_repro_runs_nothing(reproduced):
     assert json.loads(run("dvc", "status", "--json", cwd=project).stdout) == {}
 
 
-def _repro_with(project, change) -> set[str]:
-    """Stages a `dvc repro` runs after `change(params)`; params.yaml is restored afterwards."""
+@contextmanager
+def _params_changed(project, change) -> Iterator[None]:
+    """params.yaml with `change(params)` applied for the block, restored afterwards."""
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
     change(params)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        return ran_stages(run("dvc", "repro", cwd=project).stdout)
+        yield
     finally:
         params_file.write_text(original)
+
+
+def _repro_with(project, change) -> set[str]:
+    """Stages a `dvc repro` runs after `change(params)`; params.yaml is restored afterwards."""
+    try:
+        with _params_changed(project, change):
+            return ran_stages(run("dvc", "repro", cwd=project).stdout)
+    finally:
         run("dvc", "repro", cwd=project)  # back to the committed state (from the run cache)
 
 
@@ -153,6 +165,36 @@ def test_other_model_parameter_leaves_export_alone(reproduced):
     # select sees the same choice and writes the same folder, so DVC skips export.
     assert _repro_with(project, change) == {"train@custom_cnn", "evaluate@custom_cnn",
                                             "leaderboard", "select"}
+
+
+def _stale(project, stage: str, change) -> dict:
+    """`dvc status --json <stage>` after `change(params)`; params.yaml is restored afterwards."""
+    with _params_changed(project, change):
+        return json.loads(run("dvc", "status", "--json", stage, cwd=project).stdout)
+
+
+def test_backbone_graph_reruns_for_a_backbone_change_not_for_a_head_change(reproduced):
+    """The backbone's ONNX graph depends on the backbone only: a head experiment reuses it."""
+    project, _ = reproduced
+    stage = "export_backbone@convnext_base"
+    assert (project / "artifacts/onnx/convnext_base/backbone.onnx").is_file()
+
+    def head(params):
+        params["models"]["convnext_full"]["head"]["dropout"] = 0.3
+        params["models"]["convnext_full"]["training"]["learning_rate"] = 0.01
+
+    def backbone(params):
+        params["backbones"]["convnext_base"]["seed"] += 1
+
+    def batch_size(params):  # of feature extraction: the graph does not depend on it
+        params["backbones"]["convnext_base"]["batch_size"] += 1
+
+    assert _stale(project, stage, head) == {}
+    assert _stale(project, stage, batch_size) == {}
+    # Its own key changed (DVC lists it among the stage's changed params.yaml entries).
+    assert "backbones.convnext_base.seed" in json.dumps(_stale(project, stage, backbone)[stage])
+    # Export reads the graph; the head's parameters reach it through select's hand-over.
+    assert json.loads(run("dvc", "status", "--json", "export", cwd=project).stdout) == {}
 
 
 def test_export_best_picks_the_highest_validation_f1(reproduced, tmp_path):
@@ -244,6 +286,8 @@ def test_export_keeps_no_file_when_parity_fails(reproduced, monkeypatch, tmp_pat
     # The conversion itself is the pipeline's (tested above): its file, without converting again.
     monkeypatch.setattr(module, "convert_to_onnx", lambda model, path, *_: shutil.copyfile(
         project / "export/model.onnx", path))
+    monkeypatch.setattr(module, "graft", lambda backbone, head, weights, path, *_:
+                        shutil.copyfile(project / "export/model.onnx", path))
     params = load_params(project / "params.yaml")
     out, report = tmp_path / "model.onnx", tmp_path / "export.json"
     with pytest.raises(ParityError, match=r"0\.25"):

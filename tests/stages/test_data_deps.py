@@ -44,3 +44,17 @@ def test_no_stage_depends_on_a_whole_folder_of_per_model_outputs():
     for name, entry in STAGES.items():
         deps = set(entry.get("do", entry).get("deps", []))
         assert not deps & folders, f"{name} depends on {sorted(deps & folders)}"
+
+
+def test_export_reads_the_graph_of_every_cached_backbone():
+    """A head on any cached backbone's features is grafted onto that backbone's graph, which
+    is made from the weights its features came from and nothing of any head."""
+    cached = declared(ROOT / "dvc.yaml")["cached"]
+    assert data_deps("export") == {str(paths.EXPORT_DIR)} | {
+        str(paths.backbone_graph(name)) for name in cached}
+    stage = STAGES["export_backbone"]
+    assert stage["foreach"] == "${cached}"
+    deps = {dep for dep in stage["do"]["deps"] if not dep.startswith(("rarespecies", "stages"))}
+    assert deps == {str(paths.features_dir("${item}") / paths.BACKBONE_WEIGHTS)}
+    assert stage["do"]["outs"] == [str(paths.backbone_graph("${item}"))]
+    assert not [key for key in stage["do"]["params"] if key.startswith("models")]

@@ -163,26 +163,48 @@ def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, batch_size: 
         {"images": n, "max_abs_diff": largest probability difference,
          "top1_agreement": fraction of images with the same predicted class}.
     """
+    images = _checked_pixels(images)
+    # A traced call is several times faster than model.predict for a few batches.
+    keras_call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    expected = np.concatenate([np.asarray(keras_call(tf.constant(images[i:i + batch_size])))
+                               for i in range(0, len(images), batch_size)])
+    return compare(expected, onnx_path, images, batch_size)
+
+
+def compare(expected: np.ndarray, onnx_path: Path, images: np.ndarray,
+            batch_size: int = 16) -> dict:
+    """Run the ONNX file on uint8 images and compare its probabilities with Keras' `expected`.
+
+    Args:
+        expected: Keras' probabilities for `images`, `[n, classes]`.
+        onnx_path: the converted file.
+        images: uint8 array `[n, s, s, 3]`.
+        batch_size: images per call.
+
+    Returns:
+        The figures `parity` returns.
+    """
+    images = _checked_pixels(images)
+    if len(expected) != len(images):
+        raise ValueError(f"{len(expected)} Keras outputs for {len(images)} images")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    onnx_out = np.concatenate([session.run(None, {input_name: images[i:i + batch_size]})[0]
+                               for i in range(0, len(images), batch_size)])
+    return {
+        "images": len(images),
+        "max_abs_diff": float(np.max(np.abs(expected - onnx_out))),
+        "top1_agreement": float(np.mean(expected.argmax(axis=1) == onnx_out.argmax(axis=1))),
+    }
+
+
+def _checked_pixels(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
         raise ValueError(
             f"parity needs uint8 images [n>0, s, s, 3], got {images.dtype} {images.shape}"
         )
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    # A traced call is several times faster than model.predict for a few batches.
-    keras_call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    expected, actual = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        expected.append(np.asarray(keras_call(tf.constant(batch))))
-        actual.append(session.run(None, {input_name: batch})[0])
-    keras_out, onnx_out = np.concatenate(expected), np.concatenate(actual)
-    return {
-        "images": len(images),
-        "max_abs_diff": float(np.max(np.abs(keras_out - onnx_out))),
-        "top1_agreement": float(np.mean(keras_out.argmax(axis=1) == onnx_out.argmax(axis=1))),
-    }
+    return images
 
 
 def check_parity(report: dict, tolerance: float, min_agreement: float = 0.999) -> None:

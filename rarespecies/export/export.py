@@ -28,6 +28,7 @@ from rarespecies.core.files import read_json, write_json, write_metrics
 from rarespecies.export.convert import (
     ParityError,
     check_parity,
+    compare,
     convert_to_onnx,
     inference_model,
     parity,
@@ -114,7 +115,8 @@ def parity_metrics(report: dict) -> dict:
 
 def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: Path,
            metrics_path: Path, normalize_max_side: int,
-           backbone_graphs: Callable[[str], Path] | None = paths.backbone_graph) -> dict:
+           backbone_graphs: Callable[[str], Path] | None = paths.backbone_graph,
+           features_dirs: Callable[[str], Path] = paths.features_dir) -> dict:
     """Convert, check parity on the test split, and keep the file only if it passes.
 
     A head trained on cached features is converted alone and grafted onto its backbone's
@@ -129,6 +131,8 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
         normalize_max_side: `ingest.max_side`, recorded for consumers of the model.
         backbone_graphs: backbone name -> its `export_backbone` graph; None converts every
             model whole.
+        features_dirs: backbone name -> its features stage's folder (the Keras backbone's
+            outputs on the test split, Keras' side of a grafted model's parity gate).
 
     Returns:
         The report.
@@ -138,18 +142,25 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
     # dependency of ingest, so a change to it reruns this stage anyway.
     metadata = provenance(choice, read_json(export_dir / "labels.json"), paths.DATA_DVC,
                           normalize_max_side)
-    backbone, head, input_size = load_parts(export_dir)
-    keras_model = inference_model(backbone, head, input_size)
     backbone_graph = graph_of(choice, backbone_graphs)
+    images, labels = load_split(export_dir, "test")
+    images = np.asarray(images)
     if backbone_graph is not None:
+        import keras
+
+        head = keras.models.load_model(export_dir / "model.keras")
         graft(backbone_graph, head, export_dir / paths.BACKBONE_WEIGHTS,
               out_path, params.opset, metadata, params.optimize)
+        # Keras' side of the gate without running the Keras backbone again: its outputs on
+        # these test images, computed by the features stage with these weights.
+        features = cached_test_features(features_dirs(choice["settings"]["backbone"]), labels)
+        figures = compare(head.predict(features, verbose=0), out_path, images)
     else:
+        keras_model = inference_model(*load_parts(export_dir))
         convert_to_onnx(keras_model, out_path, params.opset, metadata, params.optimize)
-    images, _ = load_split(export_dir, "test")
+        figures = parity(keras_model, out_path, images)
     report = {"model": choice["model"], "reason": choice["reason"],
-              "grafted": backbone_graph is not None}
-    report |= parity(keras_model, out_path, np.asarray(images))
+              "grafted": backbone_graph is not None, **figures}
     report |= {"tolerance": params.parity_tolerance,
                "min_top1_agreement": params.min_top1_agreement, "opset": params.opset,
                "optimized": params.optimize,
@@ -162,6 +173,26 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
     write_json(report_path, report)
     write_metrics(metrics_path, parity_metrics(report))
     return report
+
+
+def cached_test_features(features_dir: Path, labels: np.ndarray) -> np.ndarray:
+    """The features stage's test-split features, checked to be of the select stage's images.
+
+    Args:
+        features_dir: the backbone's features folder.
+        labels: the select stage's test labels, in order.
+
+    Returns:
+        The features, `[n, ...]`.
+
+    Raises:
+        ValueError: their labels differ from the select stage's (another split).
+    """
+    features, feature_labels = load_split(features_dir, "test")
+    if not np.array_equal(np.asarray(feature_labels), np.asarray(labels)):
+        raise ValueError(f"{features_dir}: its test features are not of the select stage's "
+                         "test images (another split): run `dvc repro` to bring both up to date")
+    return np.asarray(features)
 
 
 def graph_of(choice: dict, backbone_graphs: Callable[[str], Path] | None) -> Path | None:

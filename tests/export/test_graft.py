@@ -13,8 +13,8 @@ import pytest
 
 from rarespecies.config.params import ExportParams, QuantizeParams
 from rarespecies.export.consumers import run_opencv
-from rarespecies.export.convert import inference_model, parity
-from rarespecies.export.export import graph_of
+from rarespecies.export.convert import compare, inference_model, parity
+from rarespecies.export.export import cached_test_features, graph_of
 from rarespecies.export.graft import WEIGHTS_SHA256, GraftError, convert_backbone, graft
 from rarespecies.export.optimize import op_counts
 from rarespecies.export.quantize import quantize_model
@@ -31,12 +31,16 @@ def grafted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("graft")
     backbone, head = mini_convnext_parts()
     weights = folder / "backbone.weights.h5"
+    cast = keras.Sequential([keras.Input((MINI_SIZE, MINI_SIZE, 3), dtype="uint8"),
+                             keras.layers.Lambda(lambda x: keras.ops.cast(x, "float32")),
+                             backbone])
     backbone.save_weights(weights)
     graph = convert_backbone(backbone, MINI_SIZE, weights, folder / "backbone.onnx", 17,
                              {"backbone": "mini"})
     model = graft(graph, head, weights, folder / "model.onnx", 17, METADATA)
     return {"folder": folder, "weights": weights, "backbone": graph, "model": model,
-            "keras": inference_model(backbone, head, MINI_SIZE), "head": head}
+            "keras": inference_model(backbone, head, MINI_SIZE), "head": head,
+            "features": lambda pixels: cast.predict(pixels, verbose=0)}
 
 
 def _run(path: Path, pixels: np.ndarray) -> np.ndarray:
@@ -53,6 +57,27 @@ def test_grafted_model_equals_the_whole_conversion(grafted, mini_convnext_onnx, 
     # The export stage's own gate, against Keras.
     report = parity(grafted["keras"], grafted["model"], mini_pixels)
     assert report["max_abs_diff"] <= TOLERANCE and report["top1_agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_the_gate_on_cached_features_is_the_gate_on_the_keras_model(grafted, mini_pixels,
+                                                                      tmp_path):
+    """What export does for a grafted model: Keras' head on the features the features stage
+    cached (here computed the same way), against the ONNX file on the pixels."""
+    features = grafted["features"](mini_pixels)
+    labels = np.arange(len(mini_pixels)) % MINI_CLASSES
+    np.save(tmp_path / "test_x.npy", features)
+    np.save(tmp_path / "test_y.npy", labels)
+    cached = cached_test_features(tmp_path, labels)
+    gate = compare(grafted["head"].predict(cached, verbose=0), grafted["model"], mini_pixels)
+    whole = parity(grafted["keras"], grafted["model"], mini_pixels)
+    assert gate["images"] == whole["images"] == len(mini_pixels)
+    assert gate["top1_agreement"] == whole["top1_agreement"] == 1.0
+    assert abs(gate["max_abs_diff"] - whole["max_abs_diff"]) <= 1e-6
+    with pytest.raises(ValueError, match="another split"):
+        cached_test_features(tmp_path, labels[::-1])
+    with pytest.raises(ValueError, match="Keras outputs for"):
+        compare(grafted["head"].predict(cached[:-1], verbose=0), grafted["model"], mini_pixels)
 
 
 @pytest.mark.slow

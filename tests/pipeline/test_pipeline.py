@@ -280,9 +280,10 @@ def test_export_keeps_no_file_when_parity_fails(reproduced, monkeypatch, tmp_pat
 
     project, _ = reproduced
     monkeypatch.chdir(project)
-    real_parity = module.parity
-    monkeypatch.setattr(module, "parity",
-                        lambda *a, **k: real_parity(*a, **k) | {"max_abs_diff": 0.25})
+    for gate in ("parity", "compare"):  # a whole conversion's gate, a grafted model's
+        real = getattr(module, gate)
+        monkeypatch.setattr(module, gate, lambda *a, real=real, **k: real(*a, **k)
+                            | {"max_abs_diff": 0.25})
     # The conversion itself is the pipeline's (tested above): its file, without converting again.
     monkeypatch.setattr(module, "convert_to_onnx", lambda model, path, *_: shutil.copyfile(
         project / "export/model.onnx", path))

@@ -46,12 +46,15 @@ def test_no_stage_depends_on_a_whole_folder_of_per_model_outputs():
         assert not deps & folders, f"{name} depends on {sorted(deps & folders)}"
 
 
-def test_export_reads_the_graph_of_every_cached_backbone():
+def test_export_reads_the_graph_and_test_features_of_every_cached_backbone():
     """A head on any cached backbone's features is grafted onto that backbone's graph, which
-    is made from the weights its features came from and nothing of any head."""
+    is made from the weights its features came from and nothing of any head; its parity gate
+    runs the head on the backbone's cached test features."""
     cached = declared(ROOT / "dvc.yaml")["cached"]
     assert data_deps("export") == {str(paths.EXPORT_DIR)} | {
-        str(paths.backbone_graph(name)) for name in cached}
+        str(path) for name in cached for path in (
+            paths.backbone_graph(name),
+            *(paths.split_file(paths.features_dir(name), "test", part) for part in "xy"))}
     stage = STAGES["export_backbone"]
     assert stage["foreach"] == "${cached}"
     deps = {dep for dep in stage["do"]["deps"] if not dep.startswith(("rarespecies", "stages"))}

@@ -77,6 +77,9 @@ class BackboneParams(_Strict):
         "avg", description="avg: pooled vector; none: the last feature map (for a flatten head)")
     batch_size: int = Field(16, ge=1, description="batch size of feature extraction")
     seed: int = Field(42, description="initialisation seed when weights is null")
+    bn_calibration_images: int = Field(
+        64, ge=0, description="weights null: training images (one batch) on which the "
+        "BatchNormalization statistics are measured; 0 keeps a fresh layer's mean 0, var 1")
 
     @model_validator(mode="after")
     def _consistent(self) -> BackboneParams:

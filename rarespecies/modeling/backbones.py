@@ -19,6 +19,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras.src.applications import convnext as keras_convnext
 from keras.src.applications import densenet as keras_densenet
 from keras.src.applications import inception_resnet_v2 as keras_inception
@@ -159,6 +160,61 @@ def unfreeze_last(backbone: keras.Model, layers: int) -> int:
         layer.trainable = index >= first and not isinstance(layer, keras.layers.BatchNormalization)
         unfrozen += layer.trainable
     return unfrozen
+
+
+def calibrate_batch_norm(model: keras.Model, images: np.ndarray, count: int,
+                         seed: int) -> int:
+    """Set every BatchNormalization layer's moving mean and variance to its inputs' moments.
+
+    A freshly initialised BatchNormalization layer holds mean 0 and variance 1; in a random
+    backbone that runs in inference mode, activations then grow or shrink layer after layer
+    until the features are nearly constant across images. This measures the statistics on
+    `count` images picked at random (seeded) from `images`: one forward pass over them as a
+    single batch, in training mode with momentum 0, so each layer normalizes with, and stores,
+    the exact per-channel mean and (population) variance of its input over those images, given
+    the layers before it already calibrated. In inference mode afterwards, every layer sees the
+    inputs it was calibrated on. Memory grows with `count` (one batch of that many images; 64
+    images took +0.9 GB for DenseNet121 at 224 px, +1.3 GB for InceptionResNetV2 at 299 px).
+    A model without BatchNormalization (ConvNeXt uses LayerNormalization) is left untouched,
+    without a forward pass. Every layer's `trainable` flag and momentum are restored.
+
+    Args:
+        model: a built model taking float pixels (changed in place).
+        images: (N, S, S, 3) images (uint8 or float, possibly memory-mapped).
+        count: how many images to measure on (all N if fewer); 0 does nothing.
+        seed: picks which images.
+
+    Returns:
+        The number of BatchNormalization layers calibrated (0 when nothing changed).
+
+    Raises:
+        ValueError: `count` is negative, or `images` is empty while there is a layer to set.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0; got {count}")
+    norms = [layer for _, layer in _leaf_layers(model)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms or count == 0:
+        return 0
+    if len(images) == 0:
+        raise ValueError("no images to measure BatchNormalization statistics on")
+    rng = np.random.default_rng(seed)
+    # Sorted indices read a memory map in order.
+    picked = np.sort(rng.choice(len(images), min(count, len(images)), replace=False))
+    batch = np.asarray(images[picked], dtype="float32")
+    # A BatchNormalization layer uses batch statistics only when called with training=True
+    # AND trainable; momentum 0 makes the stored statistics exactly this batch's.
+    saved = [(layer.trainable, layer.momentum) for layer in norms]
+    try:
+        for layer in norms:
+            layer.trainable, layer.momentum = True, 0.0
+        # In a graph, each activation is freed once its consumers ran; eager Keras keeps
+        # them all (DenseNet121, 64 images at 224 px: 13.5 GB eager).
+        tf.function(lambda x: model(x, training=True))(batch)
+    finally:
+        for layer, (trainable, momentum) in zip(norms, saved, strict=True):
+            layer.trainable, layer.momentum = trainable, momentum
+    return len(norms)
 
 
 def to_depthwise(model: keras.Model) -> keras.Model:

@@ -15,7 +15,7 @@ from rarespecies.config.params import BackboneParams
 from rarespecies.config.paths import BACKBONE_WEIGHTS, SPLITS, split_file
 from rarespecies.core.files import atomic_path
 from rarespecies.modeling.datasets import load_split
-from rarespecies.modeling.models import build_backbone_model
+from rarespecies.modeling.models import build_backbone_model, calibrate_random_backbone
 
 
 def load_backbone(params: BackboneParams, weights_file: Path | None = None):
@@ -69,6 +69,9 @@ def extract(backbone, images: np.ndarray, out: np.ndarray, batch_size: int,
 def compute_features(arrays_dir: Path, out_dir: Path, params: BackboneParams) -> dict[str, int]:
     """Write `<split>_x.npy` features, `<split>_y.npy` labels and the backbone's weights.
 
+    With `weights: null`, the backbone's BatchNormalization statistics are first measured on
+    the training images (`calibrate_random_backbone`).
+
     Args:
         arrays_dir: output of the preprocess stage for this model.
         out_dir: output folder.
@@ -78,6 +81,9 @@ def compute_features(arrays_dir: Path, out_dir: Path, params: BackboneParams) ->
         Number of feature vectors per split.
     """
     backbone = load_backbone(params)
+    # A random backbone's BatchNormalization statistics are measured on the training images
+    # first (saved with its weights below, so export rebuilds the same network).
+    calibrate_random_backbone(backbone, params, load_split(arrays_dir, "train")[0])
     counts = {}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

@@ -9,9 +9,10 @@ model.
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from rarespecies.config.params import Augmentation, BackboneParams
-from rarespecies.modeling.backbones import build_backbone
+from rarespecies.modeling.backbones import build_backbone, calibrate_batch_norm
 
 BACKBONE = "backbone"
 
@@ -34,6 +35,27 @@ def build_backbone_model(params: BackboneParams) -> keras.Model:
     model.name = BACKBONE
     model.trainable = False
     return model
+
+
+def calibrate_random_backbone(backbone: keras.Model, params: BackboneParams,
+                              images: np.ndarray) -> int:
+    """Measure a randomly initialised backbone's BatchNormalization statistics on `images`.
+
+    Only for `weights: null`: pretrained weights (ImageNet or a file) come with their own
+    statistics, which stay frozen as in the study. A backbone without BatchNormalization
+    (ConvNeXt, the 'rescale' one) is left untouched.
+
+    Args:
+        backbone: from `build_backbone_model` (changed in place).
+        params: its settings (`weights`, `bn_calibration_images`, `seed`).
+        images: the training images, (N, S, S, 3) uint8 (possibly memory-mapped).
+
+    Returns:
+        The number of BatchNormalization layers calibrated.
+    """
+    if params.weights is not None:
+        return 0
+    return calibrate_batch_norm(backbone, images, params.bn_calibration_images, params.seed)
 
 
 def build_augmentation(params: Augmentation, seed: int) -> list[keras.layers.Layer]:

@@ -32,6 +32,7 @@ from rarespecies.modeling.models import (
     build_backbone_model,
     build_end_to_end,
     build_optimizer,
+    calibrate_random_backbone,
 )
 from rarespecies.runtime.metrics import macro_f1
 
@@ -80,10 +81,17 @@ def class_weights(y: np.ndarray, classes: int) -> dict[int, float]:
 
 def build_model(settings: ModelParams, backbone: BackboneParams, x_train: np.ndarray,
                 classes: int) -> keras.Model:
-    """The trainable model: the head alone on cached features, or the end-to-end model."""
+    """The trainable model: the head alone on cached features, or the end-to-end model.
+
+    An end-to-end model's random backbone (`weights: null`) has its BatchNormalization
+    statistics measured on `x_train` (the image arrays) first.
+    """
     if not settings.end_to_end:
         return build_head(settings.head, x_train.shape[1:], classes)
     base = build_backbone_model(backbone)
+    # weights null: BatchNormalization statistics measured on the (unaugmented) training
+    # images, then frozen like pretrained ones; the saved model keeps them.
+    calibrate_random_backbone(base, backbone, x_train)
     head = build_head(settings.head, base.output_shape[1:], classes)
     return build_end_to_end(base, head, settings.training.augmentation, settings.training.seed)
 

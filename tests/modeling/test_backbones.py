@@ -27,6 +27,7 @@ from rarespecies.modeling.backbones import (
     PREPROCESSING_LAYER,
     WeightsUnavailableError,
     build_backbone,
+    calibrate_batch_norm,
     to_depthwise,
     unfreeze_last,
     weights_file,
@@ -403,3 +404,80 @@ def test_unfreeze_last_counts_nested_layers(small) -> None:
         assert len(model.trainable_weights) == len(model.weights)
     finally:
         model.trainable = False
+
+
+def _two_batchnorms() -> keras.Model:
+    """conv -> BatchNorm -> relu -> conv -> BatchNorm: the second one's input depends on the
+    first one's statistics."""
+    keras.utils.set_random_seed(3)
+    pixels = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv1")(pixels)
+    x = keras.layers.BatchNormalization(name="bn1", beta_initializer="random_normal",
+                                        gamma_initializer="random_uniform")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(5, 3, padding="same", name="conv2")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    model = keras.Model(pixels, keras.layers.GlobalAveragePooling2D()(x))
+    model.trainable = False
+    return model
+
+
+def _pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3)).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_calibration_stores_each_batchnorm_input_moments() -> None:
+    model, images = _two_batchnorms(), _pixels(12)
+    assert calibrate_batch_norm(model, images, 100, seed=0) == 2  # more than N: all 12 images
+    for name in ("bn1", "bn2"):
+        layer = model.get_layer(name)
+        # Recomputed independently: the layer's input in inference mode, after calibration.
+        inputs = keras.Model(model.input, layer.input)(images.astype("float32"),
+                                                       training=False).numpy()
+        mean, variance = (w.numpy() for w in (layer.moving_mean, layer.moving_variance))
+        np.testing.assert_allclose(mean, inputs.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(variance, inputs.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-3)
+        assert not np.allclose(variance, 1.0)  # a fresh layer's statistics are gone
+        assert layer.momentum == 0.99 and not layer.trainable  # restored
+    assert model.trainable_weights == []
+    # Inference now normalizes the last layer's input (gamma 1, beta 0): per channel, mean 0
+    # and variance var / (var + epsilon).
+    last = model.get_layer("bn2")
+    out = keras.Model(model.input, last.output)(images.astype("float32")).numpy()
+    np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), 0.0, atol=1e-3)
+    variance = last.moving_variance.numpy()
+    np.testing.assert_allclose(out.var(axis=(0, 1, 2)), variance / (variance + last.epsilon),
+                               rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_calibration_picks_a_seeded_subset() -> None:
+    images = _pixels(20)
+
+    def stats(count: int, seed: int) -> np.ndarray:
+        model = _two_batchnorms()
+        calibrate_batch_norm(model, images, count, seed)
+        return model.get_layer("bn1").moving_mean.numpy()
+
+    assert np.array_equal(stats(5, seed=1), stats(5, seed=1))
+    assert not np.allclose(stats(5, seed=1), stats(5, seed=2))
+    assert not np.allclose(stats(5, seed=1), stats(20, seed=1))  # a subset, not all 20
+
+
+@pytest.mark.slow
+def test_calibration_leaves_models_without_batchnorm_alone(small) -> None:
+    model = small("ConvNeXtTiny")  # LayerNormalization only
+    before = [w.copy() for w in model.get_weights()]
+    # No forward pass either: it would fail on an empty image array.
+    assert calibrate_batch_norm(model, np.zeros((0, 32, 32, 3), np.uint8), 64, 0) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+@pytest.mark.slow
+def test_calibration_count_zero_changes_nothing_and_negative_is_refused() -> None:
+    model = _two_batchnorms()
+    assert calibrate_batch_norm(model, _pixels(4), 0, 0) == 0
+    assert np.array_equal(model.get_layer("bn2").moving_variance.numpy(), np.ones(5))
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        calibrate_batch_norm(model, _pixels(4), -1, 0)

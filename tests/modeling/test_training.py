@@ -186,3 +186,44 @@ def test_class_weights_balance_the_loss():
 
     weights = class_weights(np.array([0, 0, 0, 1], np.int32), classes=3)
     assert weights == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}  # class 2 has no image
+
+
+def _batchnorm_stats(model) -> list[np.ndarray]:
+    import keras
+
+    return [w.numpy() for layer in model.get_layer("backbone").layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for w in (layer.moving_mean, layer.moving_variance)]
+
+
+def test_end_to_end_random_backbone_measures_batchnorm_a_weights_file_keeps_its_own(tmp_path):
+    """weights null: the backbone's BatchNorm statistics are measured on x_train before
+    training; a weights file's statistics are kept exactly (the study's frozen BatchNorm)."""
+    import keras
+
+    from rarespecies.modeling.backbones import build_backbone
+    from rarespecies.modeling.training import build_model
+
+    settings = ModelParams(
+        backbone="densenet", head=PoolHead(type="gap"),
+        training=TrainingParams(optimizer="adam", learning_rate=0.01, batch_size=4, epochs=1,
+                                augmentation=Augmentation(flip=True)))
+    x_train = np.random.default_rng(4).integers(0, 256, (10, 32, 32, 3), np.uint8)
+    random = BackboneParams(architecture="DenseNet121", input_size=32, seed=2)
+    model = build_model(settings, random, x_train, 3)
+    measured = _batchnorm_stats(model)
+    assert len(measured) == 2 * 121
+    # Fresh statistics would be exactly zeros and ones.
+    assert not np.allclose(measured[0], 0) and not np.allclose(measured[-1], 1)
+    uncalibrated = build_model(settings, random.model_copy(update={"bn_calibration_images": 0}),
+                               x_train, 3)
+    assert np.array_equal(_batchnorm_stats(uncalibrated)[-1], np.ones_like(measured[-1]))
+
+    file = tmp_path / "backbone.weights.h5"
+    keras.utils.set_random_seed(8)
+    build_backbone("DenseNet121", 32, None).save_weights(file)  # fresh statistics: 0 and 1
+    loaded = build_model(settings, random.model_copy(update={"weights": str(file)}), x_train, 3)
+    for stats in _batchnorm_stats(loaded)[::2]:
+        assert np.array_equal(stats, np.zeros_like(stats))
+    for stats in _batchnorm_stats(loaded)[1::2]:
+        assert np.array_equal(stats, np.ones_like(stats))

@@ -1,0 +1,114 @@
+"""Where one epoch of end-to-end training goes, measured in one process, parts interleaved.
+
+For one end-to-end model of params.yaml (on the sample's `artifacts/arrays/<backbone>`), each
+round times, one after the other: reading the train split through the input pipeline alone;
+one training epoch of the stage's model (augmentation on); the same epoch with augmentation
+off (same weights); the per-epoch validation as `train` runs it (Keras' validation pass, then
+`MacroF1`'s second pass over the same images); and the per-epoch checkpoint write. Every part
+is warmed up (traced) first. Medians over rounds, and each part's share of the stage's epoch.
+
+    python benchmarks/epoch_profile.py [--model inception_resnet_v2] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False)
+
+
+def _clock(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+@app.command()
+def main(
+    model: Annotated[str, typer.Option(help="an end-to-end model of params.yaml")] =
+        "inception_resnet_v2",
+    rounds: Annotated[int, typer.Option(min=1, help="interleaved rounds (median reported)")] = 2,
+    steps: Annotated[int, typer.Option(min=0, help="train batches timed; 0 = a whole epoch "
+                                       "(times are then scaled to one epoch)")] = 0,
+) -> None:
+    """Time the parts of one training epoch of `model`; print a table of seconds and shares."""
+    import numpy as np
+
+    from rarespecies.config.params import Augmentation, load_params
+    from rarespecies.modeling.checkpoint import Checkpoint, TrainingState
+    from rarespecies.modeling.datasets import batches, load_split
+    from rarespecies.modeling.models import build_end_to_end, build_optimizer
+    from rarespecies.modeling.training import build_model, seed_everything
+
+    params = load_params()
+    settings, backbone = params.model(model), params.backbone_of(model)
+    if not settings.end_to_end:
+        raise typer.BadParameter(f"{model} trains on cached features, not end to end")
+    t = settings.training
+    seed_everything(t.seed)
+    folder = Path("artifacts/arrays") / settings.backbone
+    x, y = load_split(folder, "train")
+    x_val, y_val = load_split(folder, "val")
+    classes = int(max(y.max(), y_val.max())) + 1
+    train_data = batches(x, y, t.batch_size, shuffle=True, seed=t.seed)
+    per_epoch = -(-len(x) // t.batch_size)
+    timed = min(steps or per_epoch, per_epoch)
+    scale = per_epoch / timed  # train-side parts are timed on `timed` batches
+    train_data = train_data.take(timed)
+    val_data = batches(x_val, y_val, t.batch_size)
+
+    full = build_model(settings, backbone, x, classes)
+    # Augmentation off, same backbone and head objects (so the same weights).
+    plain = build_end_to_end(full.get_layer("backbone"), full.get_layer("head"),
+                             Augmentation(), t.seed)
+    for net in (full, plain):
+        net.compile(optimizer=build_optimizer(t.optimizer, t.learning_rate, t.weight_decay),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        net.fit(train_data.take(1), epochs=1, verbose=0)  # trace outside the clock
+    full.evaluate(val_data, verbose=0)
+    full.predict(val_data, verbose=0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Checkpoint(Path(tmp) / "checkpoint", "profile")
+        weights = full.get_weights()
+        parts = {
+            "input pipeline only (read + batch)": lambda: [None for _ in train_data],
+            "train epoch, augmentation on (stage)": lambda: full.fit(train_data, epochs=1,
+                                                                     verbose=0),
+            "train epoch, augmentation off": lambda: plain.fit(train_data, epochs=1,
+                                                               verbose=0),
+            "validation: Keras pass (val_loss)": lambda: full.evaluate(val_data, verbose=0),
+            "validation: MacroF1 predict pass": lambda: np.argmax(
+                full.predict(val_data, verbose=0), axis=1),
+            "checkpoint write": lambda: checkpoint.save(full, TrainingState(), weights, None),
+        }
+        times: dict[str, list[float]] = {name: [] for name in parts}
+        for _ in range(rounds):
+            for name, work in parts.items():
+                times[name].append(_clock(work))
+    train_parts = [name for name in parts if "train" in name or "input" in name]
+    times = {name: [v * (scale if name in train_parts else 1) for v in values]
+             for name, values in times.items()}
+    median = {name: statistics.median(v) for name, v in times.items()}
+    epoch = (median["train epoch, augmentation on (stage)"]
+             + median["validation: Keras pass (val_loss)"]
+             + median["validation: MacroF1 predict pass"] + median["checkpoint write"])
+    print(f"{model}: {len(x)} train images, {len(x_val)} val, batch {t.batch_size}, "
+          f"{rounds} rounds, {timed} of {per_epoch} train batches timed (scaled to one "
+          f"epoch); stage epoch = train + both validation passes + checkpoint "
+          f"= {epoch:.1f} s")
+    print("| part | median s | all rounds s | share of the stage's epoch |")
+    print("| --- | --- | --- | --- |")
+    for name, values in times.items():
+        print(f"| {name} | {median[name]:.2f} | {', '.join(f'{v:.2f}' for v in values)} "
+              f"| {median[name] / epoch:.0%} |")
+
+
+if __name__ == "__main__":
+    app()

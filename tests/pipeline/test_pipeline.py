@@ -1,10 +1,12 @@
 """The whole pipeline on the tiny profile: outputs, parity, reruns exactly what changed."""
 
 import json
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,11 @@ BACKBONES = ("pixels", "convnext_base", "densenet121", "inception_resnet_v2")
 # settings, nothing else (dropped: every column not named models.* or backbones.*).
 EXP_SHOW = ("dvc", "exp", "show", "--no-pager", "--only-changed",
             "--keep", r"Experiment|.*\.f1$", "--drop", r"^(?!models\.|backbones\.)")
+
+
+def test_the_readme_writes_the_exp_show_command_this_file_runs():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert readme.count(shlex.join(EXP_SHOW)) >= 2  # the experiments and the sweeps sections
 
 
 def test_first_repro_runs_every_stage(reproduced):

@@ -3,7 +3,8 @@
 `/<fault>/<file>` serves `root/<file>` with `fault` applied to every request of that path, and
 `/<fault>-once/<file>` only to the first one (the following requests get the file):
 
-- `ok`: the file; `slow`: the file after `slow` seconds (to observe concurrency),
+- `ok`: the file; `slow`: the file after `slow` seconds (to observe concurrency: `max_in_flight`
+  counts the slow requests held back at once),
 - `fail`: HTTP 500; `unavailable`: HTTP 503; `rate-limited`: HTTP 429 with
   `Retry-After: <retry_after>`,
 - `missing`: HTTP 404; `forbidden`: HTTP 403,
@@ -44,14 +45,8 @@ class _Handler(BaseHTTPRequestHandler):
         with server.lock:
             server.counts[self.path] += 1
             count = server.counts[self.path]
-            server.in_flight += 1
-            server.max_in_flight = max(server.max_in_flight, server.in_flight)
-        try:
-            fault = mode.removesuffix("-once")
-            self._serve("ok" if mode.endswith("-once") and count > 1 else fault, name)
-        finally:
-            with server.lock:
-                server.in_flight -= 1
+        fault = mode.removesuffix("-once")
+        self._serve("ok" if mode.endswith("-once") and count > 1 else fault, name)
 
     def _serve(self, fault: str, name: str) -> None:
         server = self.server
@@ -78,7 +73,16 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "garbled":
             body = body[::-1]
         if fault == "slow":
+            # Counted while held back, before any byte of the answer: a client with one
+            # worker cannot send its next request before this one's answer, so only
+            # concurrent downloads overlap here (a count until the handler returns would
+            # also catch the next request on a busy machine).
+            with server.lock:
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
             server.release.wait(server.slow)
+            with server.lock:
+                server.in_flight -= 1
         try:
             self._send(fault, body)
         except OSError:  # the client hung up: expected of a bounded download

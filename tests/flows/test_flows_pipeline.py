@@ -32,10 +32,11 @@ def test_stage_order_is_read_from_dvc_yaml():
                           ("features@convnext_base", "export_backbone@convnext_base"),
                           ("export_backbone@convnext_base", "export"),
                           ("export", "quantize"), ("quantize", "benchmark"),
+                          ("select", "tf_baseline"), ("tf_baseline", "benchmark"),
                           ("quantize", "model_card"), ("train@custom_cnn", "evaluate@custom_cnn"),
                           ("evaluate@convnext_mini", "leaderboard")]:
         assert order.index(before) < order.index(after)
-    assert len(order) == len(set(order)) == 25
+    assert len(order) == len(set(order)) == 26
 
 
 def edit_params(project, change):

@@ -41,6 +41,14 @@ def project(reproduced, tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("retrain")
     project = project_copy(reproduced[0], base / "project")
     run("dvc", "remote", "add", "--local", "-d", "shared", str(base / "remote"), cwd=project)
+    # Without a promoted model the latency gate judges the benchmark's onnxruntime/TensorFlow
+    # ratio, whose two sides the tf_baseline and benchmark stages time at different moments:
+    # at 32 px, next to another xdist worker, that ratio is noise. These tests are about
+    # promotion; the gate's judgement is tested in tests/ops and by the stubbed tests below.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["promote"]["max_latency_ratio"] = 100.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(*GIT, "commit", "-qm", "test: latency limit", "params.yaml", cwd=project)
     return project
 
 

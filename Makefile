@@ -44,10 +44,10 @@ repro: data
 	$(BIN)/dvc repro
 	@echo
 	@echo "First:    source .venv/bin/activate   (then dvc, rarespecies, python -m flows...)"
-	@echo "Metrics:  dvc metrics show   (files: metrics/*.json)"
+	@echo "Metrics:  metrics/*.json; compare experiments with the README's dvc exp show command"
 	@echo "Plots:    dvc plots show     (writes dvc_plots/index.html)"
 	@echo "Models:   reports/leaderboard.md"
-	@echo "ONNX:     export/model.onnx  (benchmark: metrics/benchmark.json)"
+	@echo "ONNX:     export/model.onnx  (benchmark: reports/benchmark.md)"
 
 # Two workers: the tests that share the tiny pipeline run stay on one (conftest.py).
 test: data $(NODE_STAMP)

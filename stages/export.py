@@ -31,7 +31,8 @@ def work() -> str:
     params = load_params()
     start = time.perf_counter()
     report = export(paths.EXPORT_DIR, params.export, paths.ONNX_FILE, paths.EXPORT_REPORT,
-                    paths.EXPORT_METRICS, params.ingest.max_side)
+                    paths.EXPORT_METRICS, params.ingest.max_side,
+                    probabilities_out=paths.TEST_PROBABILITIES)
     # Not in the file nor in a metric: neither is the same from one run to the next.
     typer.echo(f"export: converted in {time.perf_counter() - start:.1f} s from git "
                f"{git_revision()}")

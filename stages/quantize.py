@@ -12,9 +12,13 @@ from rarespecies.export.quantize import quantize
 def work() -> str:
     """Quantize with the `quantize` keys of params.yaml."""
     report = quantize(paths.ONNX_FILE, paths.EXPORT_DIR, paths.INT8_DIR, load_params().quantize,
-                      paths.QUANTIZE_REPORT, paths.QUANTIZE_METRICS)
+                      paths.QUANTIZE_REPORT, paths.QUANTIZE_METRICS,
+                      int8_backbones=paths.backbone_int8,
+                      fp32_probabilities=paths.TEST_PROBABILITIES)
     where = paths.INT8_FILE if report["shipped"] else "not shipped"
-    return f"{report['quantization']} -> {where} ({report['int8_mb']} MB): {report['reason']}"
+    how = "head joined to its backbone's INT8 graph" if report["grafted"] else "whole model"
+    return (f"{report['quantization']} ({how}) -> {where} ({report['int8_mb']} MB): "
+            f"{report['reason']}")
 
 
 def main(debug: Debug = False) -> None:

@@ -413,3 +413,29 @@ def mini_pixels() -> np.ndarray:
     """Twelve random uint8 images at the mini model's size."""
     rng = np.random.default_rng(11)
     return rng.integers(0, 256, (12, MINI_SIZE, MINI_SIZE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def grafted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The mini ConvNeXt's backbone converted alone, its head grafted on; its Keras model."""
+    import json
+
+    import keras
+
+    from rarespecies.export.convert import inference_model
+    from rarespecies.export.graft import convert_backbone, graft
+
+    folder = tmp_path_factory.mktemp("graft")
+    backbone, head = mini_convnext_parts()
+    weights = folder / "backbone.weights.h5"
+    cast = keras.Sequential([keras.Input((MINI_SIZE, MINI_SIZE, 3), dtype="uint8"),
+                             keras.layers.Lambda(lambda x: keras.ops.cast(x, "float32")),
+                             backbone])
+    backbone.save_weights(weights)
+    graph = convert_backbone(backbone, MINI_SIZE, weights, folder / "backbone.onnx", 17,
+                             {"backbone": "mini"})
+    metadata = {"labels": json.dumps(list("abcde"))}
+    model = graft(graph, head, weights, folder / "model.onnx", 17, metadata)
+    return {"folder": folder, "metadata": metadata, "weights": weights, "backbone": graph,
+            "model": model, "keras": inference_model(backbone, head, MINI_SIZE), "head": head,
+            "features": lambda pixels: cast.predict(pixels, verbose=0)}

@@ -47,6 +47,11 @@ def backbone_graph(backbone: str) -> Path:
     return Path("artifacts/onnx") / backbone / "backbone.onnx"
 
 
+def backbone_int8(backbone: str) -> Path:
+    """That backbone graph's INT8 variant (quantize_backbone@<backbone>), for grafting."""
+    return Path("artifacts/onnx") / backbone / "backbone.int8.onnx"
+
+
 def inputs_dir(inputs: str, backbone: str) -> Path:
     """What a model trains on: `features` or `arrays` of its backbone."""
     return features_dir(backbone) if inputs == "features" else arrays_dir(backbone)
@@ -102,6 +107,8 @@ TIMED_ARCHITECTURE = EXPORT_DIR / "timed.json"  # what TensorFlow's speed depend
 ONNX_FILE = Path("export/model.onnx")  # a stable path for downstream tools
 EXPORT_METRICS = Path("metrics/export.json")  # parity figures only (a DVC metric)
 EXPORT_REPORT = Path("reports/export.json")  # the choice, parity, thresholds, size
+# The exported model's probabilities on the test split (the parity pass), reused by quantize.
+TEST_PROBABILITIES = Path("artifacts/parity/test_probabilities.npy")
 INT8_DIR = Path("export/int8")
 INT8_FILE = INT8_DIR / "model.onnx"
 INT8_NOTE = INT8_DIR / "NOT_SHIPPED.txt"

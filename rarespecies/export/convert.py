@@ -150,7 +150,8 @@ def convert_to_onnx(model: keras.Model, path: Path, opset: int, metadata: dict[s
     return save_checked(to_onnx(model, opset, optimize), path, metadata)
 
 
-def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, batch_size: int = 16) -> dict:
+def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, batch_size: int = 16,
+           probabilities_out: Path | None = None) -> dict:
     """Run the Keras model and the ONNX file on the same uint8 images and compare them.
 
     Args:
@@ -158,6 +159,7 @@ def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, batch_size: 
         onnx_path: the converted file.
         images: uint8 array `[n, s, s, 3]`.
         batch_size: images per call.
+        probabilities_out: where to save the ONNX file's probabilities (`.npy`), if anywhere.
 
     Returns:
         {"images": n, "max_abs_diff": largest probability difference,
@@ -168,11 +170,11 @@ def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, batch_size: 
     keras_call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     expected = np.concatenate([np.asarray(keras_call(tf.constant(images[i:i + batch_size])))
                                for i in range(0, len(images), batch_size)])
-    return compare(expected, onnx_path, images, batch_size)
+    return compare(expected, onnx_path, images, batch_size, probabilities_out)
 
 
 def compare(expected: np.ndarray, onnx_path: Path, images: np.ndarray,
-            batch_size: int = 16) -> dict:
+            batch_size: int = 16, probabilities_out: Path | None = None) -> dict:
     """Run the ONNX file on uint8 images and compare its probabilities with Keras' `expected`.
 
     Args:
@@ -180,6 +182,8 @@ def compare(expected: np.ndarray, onnx_path: Path, images: np.ndarray,
         onnx_path: the converted file.
         images: uint8 array `[n, s, s, 3]`.
         batch_size: images per call.
+        probabilities_out: where to save the ONNX file's probabilities (`.npy`), if anywhere:
+            quantize compares its INT8 variant with them instead of running this file again.
 
     Returns:
         The figures `parity` returns.
@@ -191,6 +195,9 @@ def compare(expected: np.ndarray, onnx_path: Path, images: np.ndarray,
     input_name = session.get_inputs()[0].name
     onnx_out = np.concatenate([session.run(None, {input_name: images[i:i + batch_size]})[0]
                                for i in range(0, len(images), batch_size)])
+    if probabilities_out is not None:
+        Path(probabilities_out).parent.mkdir(parents=True, exist_ok=True)
+        np.save(probabilities_out, onnx_out)
     return {
         "images": len(images),
         "max_abs_diff": float(np.max(np.abs(expected - onnx_out))),

@@ -116,7 +116,8 @@ def parity_metrics(report: dict) -> dict:
 def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: Path,
            metrics_path: Path, normalize_max_side: int,
            backbone_graphs: Callable[[str], Path] | None = paths.backbone_graph,
-           features_dirs: Callable[[str], Path] = paths.features_dir) -> dict:
+           features_dirs: Callable[[str], Path] = paths.features_dir,
+           probabilities_out: Path | None = None) -> dict:
     """Convert, check parity on the test split, and keep the file only if it passes.
 
     A head trained on cached features is converted alone and grafted onto its backbone's
@@ -133,6 +134,8 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
             model whole.
         features_dirs: backbone name -> its features stage's folder (the Keras backbone's
             outputs on the test split, Keras' side of a grafted model's parity gate).
+        probabilities_out: where the ONNX file's test-split probabilities go (`.npy`); quantize
+            compares its INT8 variant with them.
 
     Returns:
         The report.
@@ -154,11 +157,12 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
         # Keras' side of the gate without running the Keras backbone again: its outputs on
         # these test images, computed by the features stage with these weights.
         features = cached_test_features(features_dirs(choice["settings"]["backbone"]), labels)
-        figures = compare(head.predict(features, verbose=0), out_path, images)
+        figures = compare(head.predict(features, verbose=0), out_path, images,
+                          probabilities_out=probabilities_out)
     else:
         keras_model = inference_model(*load_parts(export_dir))
         convert_to_onnx(keras_model, out_path, params.opset, metadata, params.optimize)
-        figures = parity(keras_model, out_path, images)
+        figures = parity(keras_model, out_path, images, probabilities_out=probabilities_out)
     report = {"model": choice["model"], "reason": choice["reason"],
               "grafted": backbone_graph is not None, **figures}
     report |= {"tolerance": params.parity_tolerance,
@@ -169,6 +173,8 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
         check_parity(report, params.parity_tolerance, params.min_top1_agreement)
     except ParityError:
         out_path.unlink(missing_ok=True)
+        if probabilities_out is not None:
+            Path(probabilities_out).unlink(missing_ok=True)
         raise
     write_json(report_path, report)
     write_metrics(metrics_path, parity_metrics(report))

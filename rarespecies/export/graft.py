@@ -12,7 +12,6 @@ the parity gate would catch it.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import keras
@@ -21,25 +20,16 @@ from onnx import compose
 
 from rarespecies.config.params import BackboneParams
 from rarespecies.export.convert import save_checked, to_onnx
+from rarespecies.export.graphs import (
+    FEATURES,
+    HEAD_PREFIX,
+    WEIGHTS_SHA256,
+    GraftError,
+    file_sha256,
+    join,
+)
 from rarespecies.modeling.features import load_backbone
 from rarespecies.runtime.session import INPUT_NAME, OUTPUT_NAME
-
-FEATURES = "features"  # the backbone graph's output, the head graph's input
-HEAD_PREFIX = "head/"  # keeps the head's node and tensor names apart from the backbone's
-WEIGHTS_SHA256 = "backbone_weights_sha256"  # metadata key of the backbone graph
-
-
-class GraftError(RuntimeError):
-    """The backbone graph cannot take this head (other weights, sizes or opset)."""
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks (a backbone's weights are ~350 MB)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def backbone_model(backbone: keras.Model, input_size: int) -> keras.Model:
@@ -97,7 +87,8 @@ def graft(backbone_path: Path, head: keras.Model, weights_file: Path, path: Path
             backbone graph was converted from.
         path: destination `.onnx` file.
         opset: ONNX opset; must be the backbone graph's.
-        metadata: the exported model's `metadata_props` (the backbone graph's are dropped).
+        metadata: the exported model's `metadata_props` (of the backbone graph's, only the
+            weights' digest is kept).
         optimize: rewrite the head's graph too (its GELU, if any).
 
     Returns:
@@ -118,36 +109,10 @@ def graft(backbone_path: Path, head: keras.Model, weights_file: Path, path: Path
         opsets = {entry.domain: entry.version for entry in part.opset_import}
         if opsets.get("", opsets.get("ai.onnx")) != opset:
             raise GraftError(f"{name} is not at opset {opset} (export.opset): {rebuild}")
-    # merge_models refuses differing IR versions; both come from the same converter.
-    head_proto.ir_version = backbone.ir_version
-    del backbone.metadata_props[:]
-    del head_proto.metadata_props[:]
-    head_proto = compose.add_prefix(head_proto, HEAD_PREFIX)
-    merged = compose.merge_models(backbone, head_proto,
-                                  io_map=[(FEATURES, HEAD_PREFIX + FEATURES)])
-    _rename_output(merged.graph, HEAD_PREFIX + OUTPUT_NAME, OUTPUT_NAME)
-    # merge_models lists each part's opset (onnxruntime's quantizer then finds two ai.onnx
-    # domains and refuses the file) and signs as itself: keep one entry per domain and the
-    # converter's name, as a whole conversion has them.
-    opsets = {("" if entry.domain == "ai.onnx" else entry.domain): entry.version
-              for entry in merged.opset_import}
-    del merged.opset_import[:]
-    merged.opset_import.extend(onnx.helper.make_opsetid(domain, version)
-                               for domain, version in sorted(opsets.items()))
-    merged.producer_name, merged.producer_version = (backbone.producer_name,
-                                                     backbone.producer_version)
-    del merged.graph.value_info[:]  # as a whole export: shapes are inferred at load
-    return save_checked(merged, path, metadata)
-
-
-def _rename_output(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename graph output `old` (and every use of it) to `new`, in place."""
-    for node in graph.node:
-        node.output[:] = [new if name == old else name for name in node.output]
-        node.input[:] = [new if name == old else name for name in node.input]
-    for value in graph.output:
-        if value.name == old:
-            value.name = new
+    # The weights' digest stays in the exported model: quantize grafts the head onto the
+    # backbone's INT8 variant only if that was quantized from the same weights.
+    return save_checked(join(backbone, compose.add_prefix(head_proto, HEAD_PREFIX)), path,
+                        {**metadata, WEIGHTS_SHA256: recorded[WEIGHTS_SHA256]})
 
 
 def export_backbone(params: BackboneParams, weights_file: Path, path: Path, opset: int,

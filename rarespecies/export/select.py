@@ -19,9 +19,8 @@ from rarespecies.config import paths
 from rarespecies.config.params import Params
 from rarespecies.config.plan import plan
 from rarespecies.core.files import atomic_path, read_json, write_json
+from rarespecies.export.calibration import spread
 from rarespecies.modeling.datasets import load_split
-
-CALIBRATION_IMAGES = 64
 
 
 def choose(params: Params, root: Path) -> tuple[str, str]:
@@ -79,9 +78,9 @@ def select(params: Params, root: Path, out_dir: Path) -> dict:
                             paths.split_file(tmp, "test", part))
         # Calibration images for static INT8 quantization: a fixed spread of the train split.
         x, y = load_split(inputs, "train")
-        spread = np.unique(np.linspace(0, len(x) - 1, CALIBRATION_IMAGES).astype(int))
-        np.save(paths.split_file(tmp, "calibration", "x"), np.asarray(x[spread]))
-        np.save(paths.split_file(tmp, "calibration", "y"), y[spread])
+        rows = spread(len(x))
+        np.save(paths.split_file(tmp, "calibration", "x"), np.asarray(x[rows]))
+        np.save(paths.split_file(tmp, "calibration", "y"), y[rows])
         shutil.copyfile(root / paths.LABELS, tmp / "labels.json")
         shutil.copyfile(root / paths.families_table(model), tmp / "per_family.csv")
         write_json(tmp / "choice.json", choice)

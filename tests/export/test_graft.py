@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
@@ -13,34 +12,15 @@ import pytest
 
 from rarespecies.config.params import ExportParams, QuantizeParams
 from rarespecies.export.consumers import run_opencv
-from rarespecies.export.convert import compare, inference_model, parity
+from rarespecies.export.convert import compare, parity
 from rarespecies.export.export import cached_test_features, graph_of
-from rarespecies.export.graft import WEIGHTS_SHA256, GraftError, convert_backbone, graft
+from rarespecies.export.graft import WEIGHTS_SHA256, GraftError, graft
 from rarespecies.export.optimize import op_counts
 from rarespecies.export.quantize import quantize_model
 
-from conftest import MINI_CLASSES, MINI_SIZE, mini_convnext_parts
+from conftest import MINI_CLASSES, mini_convnext_parts
 
 TOLERANCE = ExportParams().parity_tolerance  # the export stage's parity gate
-METADATA = {"labels": json.dumps(list("abcde"))}
-
-
-@pytest.fixture(scope="module")
-def grafted(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The mini ConvNeXt's backbone converted alone, its head grafted on; its Keras model."""
-    folder = tmp_path_factory.mktemp("graft")
-    backbone, head = mini_convnext_parts()
-    weights = folder / "backbone.weights.h5"
-    cast = keras.Sequential([keras.Input((MINI_SIZE, MINI_SIZE, 3), dtype="uint8"),
-                             keras.layers.Lambda(lambda x: keras.ops.cast(x, "float32")),
-                             backbone])
-    backbone.save_weights(weights)
-    graph = convert_backbone(backbone, MINI_SIZE, weights, folder / "backbone.onnx", 17,
-                             {"backbone": "mini"})
-    model = graft(graph, head, weights, folder / "model.onnx", 17, METADATA)
-    return {"folder": folder, "weights": weights, "backbone": graph, "model": model,
-            "keras": inference_model(backbone, head, MINI_SIZE), "head": head,
-            "features": lambda pixels: cast.predict(pixels, verbose=0)}
 
 
 def _run(path: Path, pixels: np.ndarray) -> np.ndarray:
@@ -92,10 +72,12 @@ def test_grafted_model_keeps_the_interface_fusions_and_metadata(grafted, mini_co
     # the grafted graph holds exactly the ops of a whole, optimised conversion.
     assert op_counts(joined) == op_counts(whole)
     assert op_counts(joined)["LayerNormalization"] == 8
-    # The exported model's metadata only: not the backbone graph's weight hash.
-    assert {p.key: p.value for p in joined.metadata_props} == METADATA
+    # The exported model's metadata, and of the backbone graph's only its weights' digest
+    # (quantize checks it), not its own settings.
     backbone = {p.key: p.value for p in onnx.load(str(grafted["backbone"])).metadata_props}
     assert len(backbone[WEIGHTS_SHA256]) == 64 and backbone["backbone"] == "mini"
+    assert {p.key: p.value for p in joined.metadata_props} == {
+        **grafted["metadata"], WEIGHTS_SHA256: backbone[WEIGHTS_SHA256]}
     onnx.checker.check_model(str(grafted["model"]), full_check=True)
 
 
@@ -103,7 +85,7 @@ def test_grafted_model_keeps_the_interface_fusions_and_metadata(grafted, mini_co
 def test_grafting_is_deterministic(grafted, tmp_path):
     """Same inputs, same bytes: a DVC output must not change on a rerun."""
     again = graft(grafted["backbone"], grafted["head"], grafted["weights"],
-                  tmp_path / "again.onnx", 17, METADATA)
+                  tmp_path / "again.onnx", 17, grafted["metadata"])
     assert again.read_bytes() == grafted["model"].read_bytes()
 
 
@@ -114,7 +96,8 @@ def test_graft_refuses_a_backbone_graph_of_other_weights(grafted, tmp_path):
     backbone.set_weights([w * 1.01 for w in backbone.get_weights()])
     backbone.save_weights(other)
     with pytest.raises(GraftError, match=r"other weights.*dvc repro export_backbone"):
-        graft(grafted["backbone"], grafted["head"], other, tmp_path / "m.onnx", 17, METADATA)
+        graft(grafted["backbone"], grafted["head"], other, tmp_path / "m.onnx", 17,
+              grafted["metadata"])
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -122,7 +105,7 @@ def test_graft_refuses_a_backbone_graph_of_other_weights(grafted, tmp_path):
 def test_graft_refuses_another_opset(grafted, tmp_path):
     with pytest.raises(GraftError, match="not at opset 18"):
         graft(grafted["backbone"], grafted["head"], grafted["weights"], tmp_path / "m.onnx",
-              18, METADATA)
+              18, grafted["metadata"])
 
 
 @pytest.mark.slow

@@ -11,8 +11,20 @@ import onnx
 import pytest
 
 from rarespecies.config.params import QuantizeParams
+from rarespecies.export import quantize as q
+from rarespecies.export.calibration import spread
 from rarespecies.export.convert import convert_to_onnx, inference_model
-from rarespecies.export.quantize import compare, quantize, quantize_model
+from rarespecies.export.graphs import WEIGHTS_SHA256
+from rarespecies.export.optimize import op_counts
+from rarespecies.export.quantize import (
+    QuantizeError,
+    compare,
+    graft_int8,
+    predict,
+    quantize,
+    quantize_backbone,
+    quantize_model,
+)
 from rarespecies.modeling.backbones import build_backbone
 from rarespecies.runtime.session import read_metadata
 
@@ -146,3 +158,91 @@ def test_stage_keeps_a_note_instead_of_a_failing_model(fp32, export_dir, tmp_pat
     assert json.loads((tmp_path / "metrics.json").read_text())["int8"]["shipped"] is False
     assert sorted(p.name for p in out.iterdir()) == ["NOT_SHIPPED.txt"]
     assert "drop of 100.00 points" in (out / "NOT_SHIPPED.txt").read_text()
+
+
+# A head grafted onto a cached backbone: the backbone quantized once, the head alone.
+
+def _arrays(folder: Path, pixels: np.ndarray) -> Path:
+    folder.mkdir()
+    np.save(folder / "train_x.npy", pixels)
+    np.save(folder / "train_y.npy", np.zeros(len(pixels), dtype=np.int32))
+    return folder
+
+
+@pytest.mark.parametrize("method", ["mixed", "dynamic"])
+def test_int8_of_a_grafted_model_is_its_whole_quantization(grafted, mini_pixels, tmp_path,
+                                                           method):
+    params = QuantizeParams(method=method, **({"calibration_images": 4} if method == "mixed"
+                                              else {}))
+    backbone = quantize_backbone(grafted["backbone"], _arrays(tmp_path / "a", mini_pixels),
+                                 tmp_path / "backbone.int8.onnx", params)
+    joined = graft_int8(grafted["model"], backbone, tmp_path / "joined.onnx", params)
+    # The whole model quantized on the images select hands over (the same spread).
+    calibration = mini_pixels[spread(len(mini_pixels))][:4] if method == "mixed" else None
+    whole = quantize_model(grafted["model"], tmp_path / "whole.onnx", params, calibration)
+    assert op_counts(onnx.load(str(joined))) == op_counts(onnx.load(str(whole)))
+    np.testing.assert_array_equal(predict(joined, mini_pixels), predict(whole, mini_pixels))
+    assert read_metadata(joined) == read_metadata(whole)
+
+
+@pytest.fixture(scope="module")
+def int8_backbone(grafted, mini_pixels, tmp_path_factory) -> tuple[Path, QuantizeParams]:
+    params = QuantizeParams(calibration_images=4)  # mixed
+    folder = tmp_path_factory.mktemp("int8_backbone")
+    return quantize_backbone(grafted["backbone"], _arrays(folder / "a", mini_pixels),
+                             folder / "backbone.int8.onnx", params), params
+
+
+def test_grafting_refuses_a_backbone_of_other_weights_or_settings(grafted, int8_backbone,
+                                                                  tmp_path):
+    path, params = int8_backbone
+    other = onnx.load(str(path))
+    for entry in other.metadata_props:
+        if entry.key == WEIGHTS_SHA256:
+            entry.value = "0" * 64
+    onnx.save_model(other, str(tmp_path / "other.onnx"))
+    with pytest.raises(QuantizeError, match=r"other backbone weights.*quantize_backbone"):
+        graft_int8(grafted["model"], tmp_path / "other.onnx", tmp_path / "m.onnx", params)
+    with pytest.raises(QuantizeError, match=r"quantized as .*not as the quantize settings"):
+        graft_int8(grafted["model"], path, tmp_path / "m.onnx",
+                   params.model_copy(update={"calibration_images": 3}))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_head_quantized_statically_is_quantized_with_its_backbone(grafted, mini_pixels,
+                                                                    tmp_path):
+    # Static QDQ on MatMul: the head's MatMuls need calibrating on the backbone's outputs.
+    params = QuantizeParams(method="static", op_types=["MatMul"], calibration_images=4)
+    backbone = quantize_backbone(grafted["backbone"], _arrays(tmp_path / "a", mini_pixels),
+                                 tmp_path / "backbone.int8.onnx", params)
+    assert graft_int8(grafted["model"], backbone, tmp_path / "m.onnx", params) is None
+
+
+def _grafted_export_dir(folder: Path, pixels: np.ndarray) -> Path:
+    folder.mkdir()
+    np.save(folder / "test_x.npy", pixels)
+    np.save(folder / "test_y.npy", np.arange(len(pixels), dtype=np.int32) % 5)
+    (folder / "choice.json").write_text(json.dumps(
+        {"inputs": "features", "settings": {"backbone": "mini"}}))
+    return folder
+
+
+def test_stage_grafts_and_reuses_the_exports_probabilities(grafted, int8_backbone, mini_pixels,
+                                                           tmp_path, monkeypatch):
+    path, params = int8_backbone
+    export_dir = _grafted_export_dir(tmp_path / "export", mini_pixels)
+    fp32_file = tmp_path / "test_probabilities.npy"
+    np.save(fp32_file, predict(grafted["model"], mini_pixels))
+    run = []
+    monkeypatch.setattr(q, "predict", lambda model, images: run.append(model) or
+                        predict(model, images))
+    report = quantize(grafted["model"], export_dir, tmp_path / "int8", params,
+                      tmp_path / "quantize.json", tmp_path / "metrics.json",
+                      int8_backbones={"mini": path}.__getitem__, fp32_probabilities=fp32_file)
+    assert report["grafted"] and report["images"] == len(mini_pixels)
+    assert run and all(path != grafted["model"] for path in run)  # fp32 did not run again
+    np.save(fp32_file, np.load(fp32_file)[:-1])
+    with pytest.raises(ValueError, match=r"11 fp32 probabilities for 12 .*dvc repro export"):
+        quantize(grafted["model"], export_dir, tmp_path / "int8", params,
+                 tmp_path / "quantize.json", tmp_path / "metrics.json",
+                 int8_backbones={"mini": path}.__getitem__, fp32_probabilities=fp32_file)

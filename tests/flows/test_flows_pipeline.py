@@ -31,12 +31,14 @@ def test_stage_order_is_read_from_dvc_yaml():
                           ("train@densenet121", "select"), ("select", "export"),
                           ("features@convnext_base", "export_backbone@convnext_base"),
                           ("export_backbone@convnext_base", "export"),
+                          ("export_backbone@convnext_base", "quantize_backbone@convnext_base"),
+                          ("quantize_backbone@convnext_base", "quantize"),
                           ("export", "quantize"), ("quantize", "benchmark"),
                           ("select", "tf_baseline"), ("tf_baseline", "benchmark"),
                           ("quantize", "model_card"), ("train@custom_cnn", "evaluate@custom_cnn"),
                           ("evaluate@convnext_mini", "leaderboard")]:
         assert order.index(before) < order.index(after)
-    assert len(order) == len(set(order)) == 26
+    assert len(order) == len(set(order)) == 27
 
 
 def edit_params(project, change):

@@ -33,7 +33,7 @@ def test_first_repro_runs_every_stage(reproduced):
     assert ran_stages(output) == {
         "ingest", "validate", "split", *(f"preprocess@{b}" for b in BACKBONES),
         "features@convnext_base", "export_backbone@convnext_base",
-        *(f"train@{m}" for m in MODELS),
+        "quantize_backbone@convnext_base", *(f"train@{m}" for m in MODELS),
         *(f"evaluate@{m}" for m in MODELS), "leaderboard", "select", "export", "quantize",
         "tf_baseline", "benchmark", "model_card"}
 
@@ -202,6 +202,27 @@ def test_backbone_graph_reruns_for_a_backbone_change_not_for_a_head_change(repro
     assert "backbones.convnext_base.seed" in json.dumps(_stale(project, stage, backbone)[stage])
     # Export reads the graph; the head's parameters reach it through select's hand-over.
     assert json.loads(run("dvc", "status", "--json", "export", cwd=project).stdout) == {}
+
+
+def test_backbone_int8_reruns_for_its_quantization_not_for_a_head_or_the_gate(reproduced):
+    """The backbone's INT8 graph is remade when how it is quantized changes, not when the
+    head or the shipping threshold does: a head experiment quantizes only its head."""
+    project, _ = reproduced
+    stage = "quantize_backbone@convnext_base"
+    assert (project / "artifacts/onnx/convnext_base/backbone.int8.onnx").is_file()
+
+    def head(params):
+        params["models"]["convnext_full"]["head"]["dropout"] = 0.3
+
+    def gate(params):
+        params["quantize"]["max_f1_drop"] = 0.02
+
+    def calibration(params):
+        params["quantize"]["calibration_images"] = 8
+
+    assert _stale(project, stage, head) == {}
+    assert _stale(project, stage, gate) == {}
+    assert "quantize.calibration_images" in json.dumps(_stale(project, stage, calibration))
 
 
 def test_export_best_picks_the_highest_validation_f1(reproduced, tmp_path):

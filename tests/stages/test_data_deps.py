@@ -61,3 +61,21 @@ def test_export_reads_the_graph_and_test_features_of_every_cached_backbone():
     assert deps == {str(paths.features_dir("${item}") / paths.BACKBONE_WEIGHTS)}
     assert stage["do"]["outs"] == [str(paths.backbone_graph("${item}"))]
     assert not [key for key in stage["do"]["params"] if key.startswith("models")]
+
+
+def test_quantize_joins_heads_to_the_int8_graph_of_every_cached_backbone():
+    """Each cached backbone's graph is quantized once, calibrated on its own training arrays
+    and nothing of any head; quantize reads those graphs, and the export's fp32
+    probabilities instead of running the fp32 model again."""
+    cached = declared(ROOT / "dvc.yaml")["cached"]
+    assert {str(paths.backbone_int8(name)) for name in cached} | {
+        str(paths.TEST_PROBABILITIES), str(paths.ONNX_FILE)} <= data_deps("quantize")
+    stage = STAGES["quantize_backbone"]
+    assert stage["foreach"] == "${cached}"
+    deps = {dep for dep in stage["do"]["deps"] if not dep.startswith(("rarespecies", "stages"))}
+    assert deps == {str(paths.backbone_graph("${item}")),
+                    str(paths.split_file(paths.arrays_dir("${item}"), "train", "x"))}
+    assert stage["do"]["outs"] == [str(paths.backbone_int8("${item}"))]
+    assert all(key.startswith("quantize.") for key in stage["do"]["params"])
+    assert "quantize.max_f1_drop" not in stage["do"]["params"]
+    assert str(paths.TEST_PROBABILITIES) in STAGES["export"]["outs"]

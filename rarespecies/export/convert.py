@@ -18,14 +18,19 @@ from pathlib import Path
 import keras
 import numpy as np
 import onnx
-import onnxruntime as ort
 import tensorflow as tf
 
 from rarespecies.core.files import atomic_path
 from rarespecies.export.canonical import canonicalize, hash_nodes_by_creation
 from rarespecies.export.optimize import optimize as optimize_graph
 from rarespecies.export.portable import fold_reduce_unsqueeze
-from rarespecies.runtime.session import INPUT_NAME, OUTPUT_NAME
+from rarespecies.runtime.session import (
+    IMAGES_PER_RUN,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    open_session,
+    probabilities,
+)
 
 _fixes_registered = False
 
@@ -158,7 +163,7 @@ def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, batch_size: 
         model: the Keras model that was converted.
         onnx_path: the converted file.
         images: uint8 array `[n, s, s, 3]`.
-        batch_size: images per call.
+        batch_size: images per Keras call (onnxruntime runs them as `rarespecies predict`).
         probabilities_out: where to save the ONNX file's probabilities (`.npy`), if anywhere.
 
     Returns:
@@ -170,11 +175,11 @@ def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, batch_size: 
     keras_call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     expected = np.concatenate([np.asarray(keras_call(tf.constant(images[i:i + batch_size])))
                                for i in range(0, len(images), batch_size)])
-    return compare(expected, onnx_path, images, batch_size, probabilities_out)
+    return compare(expected, onnx_path, images, probabilities_out=probabilities_out)
 
 
 def compare(expected: np.ndarray, onnx_path: Path, images: np.ndarray,
-            batch_size: int = 16, probabilities_out: Path | None = None) -> dict:
+            batch_size: int = IMAGES_PER_RUN, probabilities_out: Path | None = None) -> dict:
     """Run the ONNX file on uint8 images and compare its probabilities with Keras' `expected`.
 
     Args:
@@ -191,10 +196,8 @@ def compare(expected: np.ndarray, onnx_path: Path, images: np.ndarray,
     images = _checked_pixels(images)
     if len(expected) != len(images):
         raise ValueError(f"{len(expected)} Keras outputs for {len(images)} images")
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    onnx_out = np.concatenate([session.run(None, {input_name: images[i:i + batch_size]})[0]
-                               for i in range(0, len(images), batch_size)])
+    # The settings and call size `rarespecies predict` runs the file with.
+    onnx_out = probabilities(open_session(onnx_path), images, batch_size)
     if probabilities_out is not None:
         Path(probabilities_out).parent.mkdir(parents=True, exist_ok=True)
         np.save(probabilities_out, onnx_out)

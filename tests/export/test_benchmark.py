@@ -40,6 +40,14 @@ def test_measure_times_until_the_p50_is_tight_and_reports_its_interval():
     assert figures["throughput_ips"] == pytest.approx(16 / 0.032)
 
 
+def test_a_runtime_that_splits_batches_warms_up_on_one_call_of_the_split():
+    calls = []
+    params = BenchmarkParams(warmup=1, min_runs=6, max_runs=6, batch_size=8, batch_runs=1)
+    measure(lambda batch: calls.append(len(batch)), np.zeros((1, 4, 4, 3)),
+            np.zeros((8, 4, 4, 3)), params, batch_warmup=np.zeros((2, 4, 4, 3)))
+    assert calls == [1, 2] + [1] * 6 + [8]
+
+
 def test_measure_keeps_timing_a_noisy_runtime_up_to_max_runs():
     now, calls = [0.0], []
     spread = iter([5.0, 10.0, 15.0, 20.0] * 10)

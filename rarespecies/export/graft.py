@@ -20,6 +20,7 @@ import onnx
 from onnx import compose
 
 from rarespecies.config.params import BackboneParams
+from rarespecies.core.progress import phase
 from rarespecies.export.convert import save_checked, to_onnx
 from rarespecies.modeling.features import load_backbone
 from rarespecies.runtime.session import INPUT_NAME, OUTPUT_NAME
@@ -107,7 +108,8 @@ def graft(backbone_path: Path, head: keras.Model, weights_file: Path, path: Path
     Raises:
         GraftError: one line naming the backbone file and how to rebuild it.
     """
-    backbone = onnx.load(str(backbone_path))
+    with phase(f"load the backbone graph {backbone_path}"):
+        backbone = onnx.load(str(backbone_path))
     recorded = {entry.key: entry.value for entry in backbone.metadata_props}
     rebuild = "rebuild it with `dvc repro export_backbone`"
     if recorded.get(WEIGHTS_SHA256) != file_sha256(weights_file):
@@ -123,8 +125,9 @@ def graft(backbone_path: Path, head: keras.Model, weights_file: Path, path: Path
     del backbone.metadata_props[:]
     del head_proto.metadata_props[:]
     head_proto = compose.add_prefix(head_proto, HEAD_PREFIX)
-    merged = compose.merge_models(backbone, head_proto,
-                                  io_map=[(FEATURES, HEAD_PREFIX + FEATURES)])
+    with phase("graft the head onto the backbone graph (onnx.compose)"):
+        merged = compose.merge_models(backbone, head_proto,
+                                      io_map=[(FEATURES, HEAD_PREFIX + FEATURES)])
     _rename_output(merged.graph, HEAD_PREFIX + OUTPUT_NAME, OUTPUT_NAME)
     # merge_models lists each part's opset (onnxruntime's quantizer then finds two ai.onnx
     # domains and refuses the file) and signs as itself: keep one entry per domain and the
@@ -165,7 +168,8 @@ def export_backbone(params: BackboneParams, weights_file: Path, path: Path, opse
     Returns:
         The metadata written into the file.
     """
-    backbone = load_backbone(params, weights_file)
+    with phase(f"build the Keras {params.architecture} backbone from {weights_file}"):
+        backbone = load_backbone(params, weights_file)
     metadata = {"backbone": params.architecture, "input_size": str(params.input_size),
                 "pooling": params.pooling}
     convert_backbone(backbone, params.input_size, weights_file, path, opset, metadata, optimize)

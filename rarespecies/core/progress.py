@@ -126,6 +126,7 @@ def log_bar_class(base: type) -> type:
             if self.total and (first or self._closing):  # not "? left", nor "00:00 left"
                 ends = _START_FORMAT if first else _END_FORMAT
                 line = self.format_meter(**(self.format_dict | {"bar_format": ends}))
+            line = " ".join(line.split())  # tqdm pads numbers ("  2.14img/s") for a bar
             # At close tqdm writes the newline itself, right after this last display.
             self.fp.write(line + ("" if self._closing else "\n"))
             self.fp.flush()

@@ -134,12 +134,13 @@ def measure(call: Callable[[np.ndarray], object], one: np.ndarray, batch: np.nda
         for _ in range(params.warmup):
             call(one)
         call(batch)  # the batch shape allocates its buffers once
-    with bar(tqdm, desc=f"{label}: batch-1 p50", total=params.max_runs, unit="run",
+    with bar(tqdm, desc=f"{label}: batch-1 p50", total=params.max_runs, unit="runs",
              enabled=shown) as runs:
         def on_run(done: int, width: float) -> None:
             # Why the loop goes on: the interval is not yet as narrow as ci_width.
-            runs.set_postfix_str(f"95% interval {_width(width)} wide (stops at "
-                                 f"{params.ci_width:.0%})", refresh=False)
+            known = f"{width:.1%} wide" if math.isfinite(width) else "not known yet"
+            runs.set_postfix_str(f"95% interval {known} (stops at {params.ci_width:.0%})",
+                                 refresh=False)
             runs.update()
 
         latencies = time_until_tight(lambda: call(one), params.min_runs, params.max_runs,
@@ -158,14 +159,9 @@ def measure(call: Callable[[np.ndarray], object], one: np.ndarray, batch: np.nda
                "throughput_ips": round(len(batch) * params.batch_runs / elapsed, 2)}
     if shown:
         say(f"{label}: p50 {p50:.1f} ms, 95% interval {low:.1f}-{high:.1f} ms "
-            f"({_width(interval_width(low, high))} wide) after {len(latencies)}/"
+            f"({interval_width(low, high):.1%} wide) after {len(latencies)}/"
             f"{params.max_runs} runs; {figures['throughput_ips']} img/s at batch {len(batch)}")
     return figures
-
-
-def _width(width: float) -> str:
-    """An interval's relative width for a log line: `3.1%`, or `not yet known`."""
-    return f"{width:.1%}" if math.isfinite(width) else "not yet known"
 
 
 def _onnx_call(path: Path, threads: int) -> Callable[[np.ndarray], object]:

@@ -169,8 +169,8 @@ def test_measure_with_a_label_logs_its_runs_out_of_the_maximum_and_the_interval(
             clock=lambda: now[0], label="onnxruntime fp32")
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("onnxruntime fp32: warm up")
-    assert any(line.startswith("onnxruntime fp32: batch-1 p50: 6/60 run done")
-               and "95% interval" in line for line in lines)
+    assert any(line.startswith("onnxruntime fp32: batch-1 p50: 6/60 runs done")
+               and "95% interval 4.1% wide (stops at 5%)" in line for line in lines)
     assert lines[-1].startswith("onnxruntime fp32: p50 10.0 ms, 95% interval 9.8-10.2 ms "
                                 "(4.1% wide) after 6/60 runs")
     assert len(lines) <= 8  # not one line per run

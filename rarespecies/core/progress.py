@@ -268,8 +268,9 @@ def phase(what: str, *, key: str | None = None, history: PhaseHistory | None = N
     history = (history or PhaseHistory()) if key else None
     last = history.last(key) if history and key else None
     start = time.perf_counter()
-    say(f"{what} ..." + (f" (the last run took {last:.0f} s)" if last is not None else ""),
-        stream)
+    # A phase of under a second has nothing to estimate.
+    hint = f" (the last run took {last:.0f} s)" if last is not None and last >= 1 else ""
+    say(f"{what} ...{hint}", stream)
     done = threading.Event()
 
     def heartbeat() -> None:

@@ -66,8 +66,8 @@ def _address(stage, root: Path) -> str:
 
 
 # DVC's own chatter after a stage: not what the stage did.
-DVC_HINTS = ("To track the changes with git", "git add ", "To enable auto staging",
-             "dvc config core.autostage", "Use `dvc push`")
+DVC_HINTS = ("Updating lock file", "To track the changes with git", "git add ",
+             "To enable auto staging", "dvc config core.autostage", "Use `dvc push`")
 
 
 def stage_line_logger(logger: logging.Logger | logging.LoggerAdapter
@@ -85,7 +85,7 @@ def stage_line_logger(logger: logging.Logger | logging.LoggerAdapter
         The callback.
     """
     def log(line: str) -> None:
-        noise = (NATIVE_LOG.match(line) is not None or line.startswith(DVC_HINTS)
+        noise = (NATIVE_LOG.match(line) is not None or line.strip().startswith(DVC_HINTS)
                  or any(marker in line for marker in TF_BANNERS))
         logger.log(logging.DEBUG if noise else logging.INFO, "%s", line)
 

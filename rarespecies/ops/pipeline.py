@@ -23,6 +23,9 @@ TRANSIENT_MARKERS = ("Unable to acquire lock", "is busy, it is being blocked by"
 NATIVE_LOG = re.compile(r"^I\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\] ")
 TF_BANNERS = ("All log messages before absl::InitializeLog()",
               "To enable the following instructions:")
+# DVC's own chatter after a stage: not what the stage did.
+DVC_HINTS = ("Updating lock file", "To track the changes with git", "git add ",
+             "To enable auto staging", "dvc config core.autostage", "Use `dvc push`")
 
 
 class StageFailed(RuntimeError):
@@ -63,11 +66,6 @@ def _address(stage, root: Path) -> str:
     """`name`, or `path/dvc.yaml:name` outside the root dvc.yaml (relative to the project)."""
     dvcfile = os.path.relpath(stage.dvcfile.path, root)
     return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
-
-
-# DVC's own chatter after a stage: not what the stage did.
-DVC_HINTS = ("Updating lock file", "To track the changes with git", "git add ",
-             "To enable auto staging", "dvc config core.autostage", "Use `dvc push`")
 
 
 def stage_line_logger(logger: logging.Logger | logging.LoggerAdapter

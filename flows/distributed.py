@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from flows.common import flow_errors, transient_failure
 from rarespecies.core.console import Debug, run_command
 from rarespecies.core.dvc import dvc
-from rarespecies.ops.pipeline import pipeline_stages, stage_failure
+from rarespecies.ops.pipeline import pipeline_stages, stage_failure, stage_line_logger
 from rarespecies.ops.remote import push_run_cache_objects, remote_outcome, worker_checkout
 
 
@@ -34,8 +34,9 @@ def remote_stage(stage: str, checkout: str) -> dict:
              ("push", ["push", "--run-cache", stage]))
     had_work = bool(json.loads(dvc("status", "--json", stage, cwd=checkout).stdout or "{}"))
     outputs = {}
+    lines = stage_line_logger(get_run_logger())  # the stage's progress, as it comes
     for name, args in steps:
-        proc = dvc(*args, cwd=checkout)
+        proc = dvc(*args, cwd=checkout, on_line=lines if name == "repro" else None)
         if proc.returncode != 0:
             raise stage_failure(stage, proc, f"dvc {name}")
         outputs[name] = proc.stdout + proc.stderr

@@ -24,6 +24,7 @@ from rarespecies.ops.pipeline import (
     pipeline_stages,
     repro_outcome,
     stage_failure,
+    stage_line_logger,
 )
 from rarespecies.runtime.metrics import TEST_F1
 
@@ -31,14 +32,19 @@ from rarespecies.runtime.metrics import TEST_F1
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_failure,
       task_run_name="{stage}")
 def run_stage(stage: str, root: str) -> dict:
-    """Let DVC run one stage if its inputs changed; report whether it ran and how long."""
+    """Let DVC run one stage if its inputs changed; report whether it ran and how long.
+
+    The stage's output reaches the task's log line by line while it runs (its progress
+    lines, `rarespecies.core.progress`), not only when it ends.
+    """
+    logger = get_run_logger()
     start = time.perf_counter()
-    proc = dvc("repro", "--single-item", stage, cwd=root)
+    proc = dvc("repro", "--single-item", stage, cwd=root, on_line=stage_line_logger(logger))
     seconds = round(time.perf_counter() - start, 1)
     if proc.returncode != 0:
         raise stage_failure(stage, proc)
     status = repro_outcome(proc.stdout + proc.stderr, stage)
-    get_run_logger().info("%s: %s in %.1f s", stage, status, seconds)
+    logger.info("%s: %s in %.1f s", stage, status, seconds)
     return {"stage": stage, "ran": status == "ran", "status": status, "seconds": seconds}
 
 

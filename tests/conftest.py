@@ -195,6 +195,20 @@ def write_hf_folder(root: Path, rows: list[dict], size: int = 64, seed: int = 0)
         writer.writerows(rows)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def phase_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Phase durations (`rarespecies.core.progress`) of the tests, and of the stages they run,
+    go to a temporary file, not to the user's cache."""
+    path = tmp_path_factory.mktemp("progress") / "phase_seconds.json"
+    previous = os.environ.get("RARESPECIES_PHASE_HISTORY")
+    os.environ["RARESPECIES_PHASE_HISTORY"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("RARESPECIES_PHASE_HISTORY", None)
+    else:
+        os.environ["RARESPECIES_PHASE_HISTORY"] = previous
+
+
 @pytest.fixture
 def course_folder(tmp_path: Path) -> tuple[Path, list[dict]]:
     """Three families of 5 random images each."""

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -36,21 +37,28 @@ def executable() -> str:
     return found
 
 
-def dvc(*args: str, cwd: str | Path = ".", check: bool = False) -> subprocess.CompletedProcess:
+def dvc(*args: str, cwd: str | Path = ".", check: bool = False,
+        on_line: Callable[[str], object] | None = None) -> subprocess.CompletedProcess:
     """Run `dvc ARGS` in `cwd`, output captured as text.
 
     Args:
         args: the DVC command line after `dvc`.
         cwd: the DVC project (or an experiment's checkout).
         check: raise DvcError naming the command and DVC's last lines when it fails.
+        on_line: called with each non-empty line of output (stderr merged into stdout, in
+            order) as it comes, e.g. a flow's logger, so a long stage is not silent until it
+            ends; a carriage return (a progress bar redrawn in place) ends a line too.
 
     Returns:
-        The finished process.
+        The finished process (with `on_line`, all output is in `stdout`).
     """
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
-    proc = subprocess.run([executable(), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True)
+    if on_line is None:
+        proc = subprocess.run([executable(), *args], cwd=cwd, env=env, capture_output=True,
+                              text=True)
+    else:
+        proc = _streamed([executable(), *args], cwd, env, on_line)
     if check and proc.returncode != 0:
         raise DvcError(f"`dvc {' '.join(args)}` failed: {last_lines(proc)}")
     return proc
@@ -60,3 +68,18 @@ def last_lines(proc: subprocess.CompletedProcess, count: int = 3) -> str:
     """The last non-empty lines of a command's output, joined: the readable part of an error."""
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     return " | ".join(lines[-count:]) or f"exit code {proc.returncode}"
+
+
+def _streamed(command: list[str], cwd: str | Path, env: dict[str, str],
+              on_line: Callable[[str], object]) -> subprocess.CompletedProcess:
+    """Run `command`, passing each line to `on_line` as it is written; collect the output."""
+    lines: list[str] = []
+    # Text mode reads universal newlines: "\r" ends a line as "\n" does.
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.strip():
+                on_line(line.rstrip())
+    return subprocess.CompletedProcess(command, process.returncode, "".join(lines), "")

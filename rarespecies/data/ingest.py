@@ -24,6 +24,7 @@ from rarespecies.core.files import (
     walk_files,
     write_json,
 )
+from rarespecies.core.progress import bar
 from rarespecies.data.layouts import TAXONOMY, IngestError, Row, read_listing, real_path
 from rarespecies.runtime.images import IMAGE_SUFFIXES, ImageError, open_rgb
 
@@ -93,8 +94,8 @@ def ingest(data_dir: Path, images_dir: Path, manifest_path: Path, report_path: P
         tmp_images.mkdir()
         jobs = [(r, tmp_images, max_side, max_pixels, jpeg_quality) for r in listing.rows]
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            results = tqdm(pool.map(_decode, jobs, chunksize=4), total=len(jobs),
-                           desc="ingest", unit="img", disable=not progress)
+            results = bar(tqdm, pool.map(_decode, jobs, chunksize=4), total=len(jobs),
+                          desc="ingest", unit="img", enabled=progress)
             for result in results:
                 row: Row = result["row"]
                 rel = row.path

@@ -15,6 +15,7 @@ from PIL import Image
 
 from rarespecies.config.paths import SPLITS, split_file
 from rarespecies.core.files import atomic_path
+from rarespecies.core.progress import bar
 from rarespecies.runtime.images import resize_for_model
 
 
@@ -37,8 +38,8 @@ def preprocess(split_csv: Path, labels: list[str], out_dir: Path, *, size: int,
     table = pd.read_csv(split_csv, dtype={"id": str})
     index = {label: i for i, label in enumerate(labels)}
     counts = {}
-    with atomic_path(out_dir) as tmp, tqdm(total=len(table), desc=f"preprocess {size}px",
-                                           unit="img", disable=not progress) as bar:
+    with atomic_path(out_dir) as tmp, bar(tqdm, total=len(table), desc=f"preprocess {size}px",
+                                          unit="img", enabled=progress) as shown:
         tmp.mkdir()
         for split in SPLITS:
             rows = table[table["split"] == split]
@@ -47,7 +48,7 @@ def preprocess(split_csv: Path, labels: list[str], out_dir: Path, *, size: int,
             for i, path in enumerate(rows["image_path"]):
                 with Image.open(path) as img:
                     x[i] = resize_for_model(img.convert("RGB"), size)
-                bar.update()
+                shown.update()
             x.flush()
             del x
             np.save(split_file(tmp, split, "y"), rows["label"].map(index).to_numpy(np.int32))

@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 
 from rarespecies.config.params import BackboneParams, BenchmarkParams, Head
 from rarespecies.core.files import read_json, write_json
-from rarespecies.export.benchmark import BenchmarkError, measure
+from rarespecies.export.benchmark import LABELS, BenchmarkError, measure
 from rarespecies.modeling.heads import build_head
 from rarespecies.modeling.models import build_backbone_model
 
@@ -76,7 +76,8 @@ def tf_baseline(timed: dict, params: BenchmarkParams) -> dict:
     calls = {"keras_predict": lambda x: model.predict(x, batch_size=len(x), verbose=0),
              "keras_tf_function": lambda x: forward(x).numpy()}
     return {"input_size": int(size), "threads": threads, "batch_size": params.batch_size,
-            **{name: measure(call, pixels[:1], pixels, params) for name, call in calls.items()}}
+            **{name: measure(call, pixels[:1], pixels, params, label=LABELS[name])
+               for name, call in calls.items()}}
 
 
 def run_tf_baseline(timed_path: Path, params: BenchmarkParams, out: Path) -> dict:

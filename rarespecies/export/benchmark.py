@@ -16,6 +16,7 @@ runtime, the goals met or not); `reports/benchmark.json` every figure with its i
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from tqdm import tqdm
 
 from rarespecies.config.params import BenchmarkParams
 from rarespecies.core.files import atomic_path, read_json, write_json, write_metrics
+from rarespecies.core.progress import bar, phase, say
 from rarespecies.export.flops import cpu_int8_peak_gops, cpu_peak_gflops, model_gflops
 from rarespecies.modeling.datasets import load_split
 from rarespecies.runtime.session import (
@@ -34,7 +37,7 @@ from rarespecies.runtime.session import (
     open_session,
     probabilities,
 )
-from rarespecies.runtime.timing import median_interval, time_until_tight
+from rarespecies.runtime.timing import interval_width, median_interval, time_until_tight
 
 LABELS = {"keras_predict": "Keras `model.predict`", "keras_tf_function": "Keras `tf.function`",
           "onnxruntime_fp32": "onnxruntime fp32", "onnxruntime_int8": "onnxruntime INT8"}
@@ -110,7 +113,7 @@ class BenchmarkReport(BaseModel):
 
 def measure(call: Callable[[np.ndarray], object], one: np.ndarray, batch: np.ndarray,
             params: BenchmarkParams, clock: Callable[[], float] = time.perf_counter,
-            batch_warmup: np.ndarray | None = None) -> dict:
+            label: str | None = None, batch_warmup: np.ndarray | None = None) -> dict:
     """Latency of single images and throughput of batches for one runtime.
 
     Batch-1 calls are timed until the p50's 95% interval is `params.ci_width` narrow or
@@ -122,6 +125,9 @@ def measure(call: Callable[[np.ndarray], object], one: np.ndarray, batch: np.nda
         batch: a batch of `params.batch_size` images.
         params: warm-up, repetition and interval settings.
         clock: seconds counter.
+        label: the runtime's name: shows its progress (warm-up, the batch-1 runs so far out
+            of `max_runs` with the interval's width, the batches) and a closing line;
+            None shows nothing.
         batch_warmup: what `call` runs once before the batches are timed; default `batch`.
             A runtime that splits a batch into calls of a few images needs only one such call
             (a whole batch of ConvNeXtBase in fp32 is about 4 s).
@@ -130,21 +136,41 @@ def measure(call: Callable[[np.ndarray], object], one: np.ndarray, batch: np.nda
         p50 (with its interval), p95 and mean latency in ms, the timed calls, and throughput
         in images per second.
     """
-    for _ in range(params.warmup):
-        call(one)
-    call(batch if batch_warmup is None else batch_warmup)  # allocates the batch path once
-    latencies = time_until_tight(lambda: call(one), params.min_runs, params.max_runs,
-                                 params.ci_width, clock)
+    shown = label is not None
+    warm = batch if batch_warmup is None else batch_warmup
+    with phase(f"{label}: warm up ({params.warmup} single-image calls, one batch of "
+               f"{len(warm)})", enabled=shown):
+        for _ in range(params.warmup):
+            call(one)
+        call(warm)  # allocates the batch path once
+    with bar(tqdm, desc=f"{label}: batch-1 p50", total=params.max_runs, unit="runs",
+             enabled=shown) as runs:
+        def on_run(done: int, width: float) -> None:
+            # Why the loop goes on: the interval is not yet as narrow as ci_width.
+            known = f"{width:.1%} wide" if math.isfinite(width) else "not known yet"
+            runs.set_postfix_str(f"95% interval {known} (stops at {params.ci_width:.0%})",
+                                 refresh=False)
+            runs.update()
+
+        latencies = time_until_tight(lambda: call(one), params.min_runs, params.max_runs,
+                                     params.ci_width, clock, on_run)
     p50, low, high = median_interval(np.array(latencies))
-    start = clock()
-    for _ in range(params.batch_runs):
-        call(batch)
-    elapsed = clock() - start
-    return {"p50_ms": round(p50, 2), "p50_low_ms": round(low, 2), "p50_high_ms": round(high, 2),
-            "runs": len(latencies),
-            "p95_ms": round(float(np.percentile(latencies, 95)), 2),
-            "mean_ms": round(float(np.mean(latencies)), 2),
-            "throughput_ips": round(len(batch) * params.batch_runs / elapsed, 2)}
+    with phase(f"{label}: throughput, {params.batch_runs} batches of {len(batch)}",
+               enabled=shown):
+        start = clock()
+        for _ in range(params.batch_runs):
+            call(batch)
+        elapsed = clock() - start
+    figures = {"p50_ms": round(p50, 2), "p50_low_ms": round(low, 2),
+               "p50_high_ms": round(high, 2), "runs": len(latencies),
+               "p95_ms": round(float(np.percentile(latencies, 95)), 2),
+               "mean_ms": round(float(np.mean(latencies)), 2),
+               "throughput_ips": round(len(batch) * params.batch_runs / elapsed, 2)}
+    if shown:
+        say(f"{label}: p50 {p50:.1f} ms, 95% interval {low:.1f}-{high:.1f} ms "
+            f"({interval_width(low, high):.1%} wide) after {len(latencies)}/"
+            f"{params.max_runs} runs; {figures['throughput_ips']} img/s at batch {len(batch)}")
+    return figures
 
 
 def _onnx_call(path: Path, threads: int) -> Callable[[np.ndarray], object]:
@@ -215,7 +241,7 @@ def benchmark(baseline: dict, onnx_path: Path, int8_path: Path | None, images: n
 
     before = peaks()
     results = {name: dict(baseline[name]) for name in TF_ROWS}
-    results |= {name: measure(call, images[:1], batch, params,
+    results |= {name: measure(call, images[:1], batch, params, label=LABELS[name],
                               batch_warmup=batch[:IMAGES_PER_RUN])
                 for name, call in calls.items()}
     peak = {kind: max(value, before[kind]) for kind, value in peaks().items()}

@@ -19,8 +19,10 @@ import keras
 import numpy as np
 import onnx
 import tensorflow as tf
+from tqdm import tqdm
 
 from rarespecies.core.files import atomic_path
+from rarespecies.core.progress import bar, phase
 from rarespecies.export.canonical import canonicalize, hash_nodes_by_creation
 from rarespecies.export.optimize import optimize as optimize_graph
 from rarespecies.export.portable import fold_reduce_unsqueeze
@@ -101,16 +103,22 @@ def to_onnx(model: keras.Model, opset: int, optimize: bool = True) -> onnx.Model
     hash_nodes_by_creation()
     source = model.inputs[0]
     signature = (tf.TensorSpec([None, *source.shape[1:]], source.dtype, name=source.name),)
-    with _quiet_tf2onnx():
+    # The same model converts in about the same time on the same machine: the last run's
+    # duration of this key is the estimate (no count exists inside tf2onnx).
+    key = f"{model.name} {tuple(source.shape[1:])} {model.count_params()} params opset {opset}"
+    with phase(f"convert {model.name} ({model.count_params() / 1e6:.1f}M parameters) with "
+               f"tf2onnx", key=f"tf2onnx {key}"), _quiet_tf2onnx():
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     for value_info in (*proto.graph.input, *proto.graph.output):
         # tf2onnx names the dynamic batch dimension "unk__<n>"; give it a readable name.
         value_info.type.tensor_type.shape.dim[0].dim_param = "batch"
     if optimize:
-        proto = optimize_graph(proto)
+        with phase(f"optimize {model.name}'s graph ({len(proto.graph.node)} nodes) for "
+                   "onnxruntime's fusions", key=f"optimize {key}"):
+            proto = optimize_graph(proto)
     # A no-op after optimize_graph (its 4-D MatMul removes the pattern); without it, the fold
     # is what lets OpenCV's DNN run the file.
-    fold_reduce_unsqueeze(proto)
+    fold_reduce_unsqueeze(proto)  # a walk over the nodes, well under a second: no phase
     return proto
 
 
@@ -130,7 +138,7 @@ def save_checked(proto: onnx.ModelProto, path: Path, metadata: dict[str, str]) -
     for key, value in metadata.items():
         proto.metadata_props.add(key=str(key), value=str(value))
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with phase(f"write {path} and check it with the ONNX checker"), atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
         # By path: ConvNeXtBase (~350 MB) is too large for the in-memory check.
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -173,9 +181,18 @@ def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, batch_size: 
     images = _checked_pixels(images)
     # A traced call is several times faster than model.predict for a few batches.
     keras_call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    expected = np.concatenate([np.asarray(keras_call(tf.constant(images[i:i + batch_size])))
-                               for i in range(0, len(images), batch_size)])
+    expected = np.concatenate([np.asarray(keras_call(tf.constant(batch)))
+                               for batch in _batches(images, batch_size, "parity: Keras")])
     return compare(expected, onnx_path, images, probabilities_out=probabilities_out)
+
+
+def _batches(images: np.ndarray, batch_size: int, desc: str) -> Iterator[np.ndarray]:
+    """`images` in batches, with a progress bar counting images."""
+    with bar(tqdm, desc=f"{desc} on {len(images)} test images", total=len(images),
+             unit="img") as shown:
+        for start in range(0, len(images), batch_size):
+            yield images[start:start + batch_size]
+            shown.update(len(images[start:start + batch_size]))
 
 
 def compare(expected: np.ndarray, onnx_path: Path, images: np.ndarray,
@@ -196,8 +213,9 @@ def compare(expected: np.ndarray, onnx_path: Path, images: np.ndarray,
     images = _checked_pixels(images)
     if len(expected) != len(images):
         raise ValueError(f"{len(expected)} Keras outputs for {len(images)} images")
-    # The settings and call size `rarespecies predict` runs the file with.
-    onnx_out = probabilities(open_session(onnx_path), images, batch_size)
+    session = open_session(onnx_path)  # the settings and call size `rarespecies predict` uses
+    onnx_out = np.concatenate([probabilities(session, batch, batch_size) for batch in
+                               _batches(images, batch_size, "parity: onnxruntime")])
     if probabilities_out is not None:
         Path(probabilities_out).parent.mkdir(parents=True, exist_ok=True)
         np.save(probabilities_out, onnx_out)

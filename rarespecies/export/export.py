@@ -25,6 +25,7 @@ import yaml
 from rarespecies.config import paths
 from rarespecies.config.params import BackboneParams, ExportParams
 from rarespecies.core.files import read_json, write_json, write_metrics
+from rarespecies.core.progress import phase
 from rarespecies.export.convert import (
     ParityError,
     check_parity,
@@ -151,7 +152,8 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
     if backbone_graph is not None:
         import keras
 
-        head = keras.models.load_model(export_dir / "model.keras")
+        with phase(f"load the head of {choice['model']}"):
+            head = keras.models.load_model(export_dir / "model.keras")
         graft(backbone_graph, head, export_dir / paths.BACKBONE_WEIGHTS,
               out_path, params.opset, metadata, params.optimize)
         # Keras' side of the gate without running the Keras backbone again: its outputs on
@@ -160,7 +162,8 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
         figures = compare(head.predict(features, verbose=0), out_path, images,
                           probabilities_out=probabilities_out)
     else:
-        keras_model = inference_model(*load_parts(export_dir))
+        with phase(f"build the Keras model {choice['model']} (uint8 pixels -> probabilities)"):
+            keras_model = inference_model(*load_parts(export_dir))
         convert_to_onnx(keras_model, out_path, params.opset, metadata, params.optimize)
         figures = parity(keras_model, out_path, images, probabilities_out=probabilities_out)
     report = {"model": choice["model"], "reason": choice["reason"],

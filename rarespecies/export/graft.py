@@ -19,6 +19,7 @@ import onnx
 from onnx import compose
 
 from rarespecies.config.params import BackboneParams
+from rarespecies.core.progress import phase
 from rarespecies.export.convert import save_checked, to_onnx
 from rarespecies.export.graphs import (
     FEATURES,
@@ -98,7 +99,8 @@ def graft(backbone_path: Path, head: keras.Model, weights_file: Path, path: Path
     Raises:
         GraftError: one line naming the backbone file and how to rebuild it.
     """
-    backbone = onnx.load(str(backbone_path))
+    with phase(f"load the backbone graph {backbone_path}"):
+        backbone = onnx.load(str(backbone_path))
     recorded = {entry.key: entry.value for entry in backbone.metadata_props}
     rebuild = "rebuild it with `dvc repro export_backbone`"
     if recorded.get(WEIGHTS_SHA256) != file_sha256(weights_file):
@@ -111,8 +113,9 @@ def graft(backbone_path: Path, head: keras.Model, weights_file: Path, path: Path
             raise GraftError(f"{name} is not at opset {opset} (export.opset): {rebuild}")
     # The weights' digest stays in the exported model: quantize grafts the head onto the
     # backbone's INT8 variant only if that was quantized from the same weights.
-    return save_checked(join(backbone, compose.add_prefix(head_proto, HEAD_PREFIX)), path,
-                        {**metadata, WEIGHTS_SHA256: recorded[WEIGHTS_SHA256]})
+    with phase("graft the head onto the backbone graph (onnx.compose)"):
+        merged = join(backbone, compose.add_prefix(head_proto, HEAD_PREFIX))
+    return save_checked(merged, path, {**metadata, WEIGHTS_SHA256: recorded[WEIGHTS_SHA256]})
 
 
 def export_backbone(params: BackboneParams, weights_file: Path, path: Path, opset: int,
@@ -130,7 +133,8 @@ def export_backbone(params: BackboneParams, weights_file: Path, path: Path, opse
     Returns:
         The metadata written into the file.
     """
-    backbone = load_backbone(params, weights_file)
+    with phase(f"build the Keras {params.architecture} backbone from {weights_file}"):
+        backbone = load_backbone(params, weights_file)
     metadata = {"backbone": params.architecture, "input_size": str(params.input_size),
                 "pooling": params.pooling}
     convert_backbone(backbone, params.input_size, weights_file, path, opset, metadata, optimize)

@@ -26,6 +26,7 @@ import onnx
 
 from rarespecies.config.params import QuantizeParams
 from rarespecies.core.files import atomic_path, read_json, write_json, write_metrics
+from rarespecies.core.progress import phase
 from rarespecies.export.calibration import spread
 from rarespecies.export.graphs import FEATURES, WEIGHTS_SHA256, join
 from rarespecies.modeling.datasets import load_split
@@ -143,7 +144,9 @@ def quantize_backbone(backbone_graph: Path, arrays_dir: Path, out: Path,
         x = load_split(arrays_dir, "train")[0]
         calibration = np.asarray(x[spread(len(x))])
         calibration = calibration[:params.calibration_images]
-    return quantize_model(backbone_graph, out, params, calibration)
+    with phase(f"quantize {backbone_graph}: {describe(params)}",
+               key=f"quantize {describe(params)} {backbone_graph.stat().st_size}"):
+        return quantize_model(backbone_graph, out, params, calibration)
 
 
 def graft_int8(fp32: Path, int8_backbone: Path, out: Path, params: QuantizeParams) -> Path | None:
@@ -243,8 +246,13 @@ def compare(fp32: Path, int8: Path, images: np.ndarray, labels: np.ndarray,
     if fp32_probabilities is not None and len(fp32_probabilities) != len(images):
         raise ValueError(f"{len(fp32_probabilities)} fp32 probabilities for {len(images)} test "
                          "images: rerun the export stage (`dvc repro export`)")
-    p32 = predict(fp32, images) if fp32_probabilities is None else fp32_probabilities
-    p8 = predict(int8, images)
+    if fp32_probabilities is None:
+        with phase(f"fp32 on {len(images)} test images"):
+            p32 = predict(fp32, images)
+    else:
+        p32 = fp32_probabilities
+    with phase(f"INT8 on {len(images)} test images"):
+        p8 = predict(int8, images)
     f1 = {name: macro_f1(labels, p.argmax(1)) for name, p in (("fp32", p32), ("int8", p8))}
     drop = f1["fp32"] - f1["int8"]
     shipped = drop <= max_f1_drop
@@ -294,15 +302,18 @@ def quantize(fp32: Path, export_dir: Path, out_dir: Path, params: QuantizeParams
         tmp.mkdir()
         target, grafted = tmp / "model.onnx", None
         if choice is not None and choice["inputs"] == "features":
-            grafted = graft_int8(fp32, int8_backbones(choice["settings"]["backbone"]), target,
-                                 params)
+            backbone = int8_backbones(choice["settings"]["backbone"])
+            with phase(f"quantize the head, join it to {backbone}"):
+                grafted = graft_int8(fp32, backbone, target, params)
         candidate = grafted
         if candidate is None:
             calibration = None
             if params.method != "dynamic":
                 calibration = np.asarray(load_split(export_dir, "calibration")[0])
                 calibration = calibration[:params.calibration_images]
-            candidate = quantize_model(fp32, target, params, calibration)
+            with phase(f"quantize {fp32}: {describe(params)}",
+                       key=f"quantize {describe(params)} {fp32.stat().st_size}"):
+                candidate = quantize_model(fp32, target, params, calibration)
         report = {"quantization": describe(params), "grafted": grafted is not None}
         report |= compare(fp32, candidate, np.asarray(images), labels, params.max_f1_drop,
                           None if fp32_probabilities is None else np.load(fp32_probabilities))

@@ -14,6 +14,7 @@ import numpy as np
 from rarespecies.config.params import BackboneParams
 from rarespecies.config.paths import BACKBONE_WEIGHTS, SPLITS, split_file
 from rarespecies.core.files import atomic_path
+from rarespecies.core.progress import bar
 from rarespecies.modeling.datasets import load_split
 from rarespecies.modeling.models import build_backbone_model, calibrate_random_backbone
 
@@ -60,9 +61,13 @@ def extract(backbone, images: np.ndarray, out: np.ndarray, batch_size: int,
 
     forward = tf.function(lambda x: backbone(tf.cast(x, tf.float32), training=False),
                           reduce_retracing=True)
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
-                      disable=not progress):
-        out[start:start + batch_size] = forward(np.asarray(images[start:start + batch_size]))
+    # Counted in images, not batches: the last batch is smaller, and images are what a user
+    # compares with the split's size.
+    with bar(tqdm, desc=desc, total=len(images), unit="img", enabled=progress) as shown:
+        for start in range(0, len(images), batch_size):
+            batch = np.asarray(images[start:start + batch_size])
+            out[start:start + batch_size] = forward(batch)
+            shown.update(len(batch))
     return out
 
 

@@ -6,8 +6,11 @@ DVC decides what runs; this module only reads dvc.yaml's graph and DVC's output.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from rarespecies.core.dvc import last_lines
@@ -15,6 +18,14 @@ from rarespecies.core.dvc import last_lines
 # DVC prints these when another process holds the repository or an output lock: worth a
 # retry. Anything else (bad data, bad params, a bug) fails the same way again: no retry.
 TRANSIENT_MARKERS = ("Unable to acquire lock", "is busy, it is being blocked by")
+# abseil's native INFO line (`I0000 00:00:1796066186.348531   11019 port.cc:153] ...`);
+# its warnings and errors (W, E, F) stay at INFO.
+NATIVE_LOG = re.compile(r"^I\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\] ")
+TF_BANNERS = ("All log messages before absl::InitializeLog()",
+              "To enable the following instructions:")
+# DVC's own chatter after a stage: not what the stage did.
+DVC_HINTS = ("Updating lock file", "To track the changes with git", "git add ",
+             "To enable auto staging", "dvc config core.autostage", "Use `dvc push`")
 
 
 class StageFailed(RuntimeError):
@@ -55,6 +66,28 @@ def _address(stage, root: Path) -> str:
     """`name`, or `path/dvc.yaml:name` outside the root dvc.yaml (relative to the project)."""
     dvcfile = os.path.relpath(stage.dvcfile.path, root)
     return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
+
+
+def stage_line_logger(logger: logging.Logger | logging.LoggerAdapter
+                      ) -> Callable[[str], None]:
+    """A `dvc(..., on_line=...)` callback that logs a stage's lines at INFO, as they come.
+
+    TensorFlow's native start-up notices (`I0000 ...` lines, oneDNN and CPU-feature banners)
+    and DVC's git hints go to DEBUG: they say nothing about the stage's progress, and would
+    otherwise be most of a flow's log.
+
+    Args:
+        logger: the task's run logger.
+
+    Returns:
+        The callback.
+    """
+    def log(line: str) -> None:
+        noise = (NATIVE_LOG.match(line) is not None or line.strip().startswith(DVC_HINTS)
+                 or any(marker in line for marker in TF_BANNERS))
+        logger.log(logging.DEBUG if noise else logging.INFO, "%s", line)
+
+    return log
 
 
 def repro_outcome(output: str, stage: str) -> str:

@@ -56,8 +56,8 @@ def median_interval(values: np.ndarray, confidence: float = CONFIDENCE
 
 
 def time_until_tight(call: Callable[[], object], min_runs: int, max_runs: int,
-                     ci_width: float, clock: Callable[[], float] = time.perf_counter
-                     ) -> list[float]:
+                     ci_width: float, clock: Callable[[], float] = time.perf_counter,
+                     on_run: Callable[[int, float], object] | None = None) -> list[float]:
     """Time `call` until the median's 95% interval is `ci_width` narrow, or `max_runs` runs.
 
     Args:
@@ -66,6 +66,8 @@ def time_until_tight(call: Callable[[], object], min_runs: int, max_runs: int,
         max_runs: runs at most, tight or not.
         ci_width: stop once `interval_width(low, high)` is at most this (0.04 = 4%).
         clock: seconds counter.
+        on_run: called after each run with the runs so far and the interval's relative
+            width (infinite while too few runs give an interval): progress for a caller.
 
     Returns:
         Every run's duration in milliseconds, in order.
@@ -75,8 +77,12 @@ def time_until_tight(call: Callable[[], object], min_runs: int, max_runs: int,
         start = clock()
         call()
         durations.append((clock() - start) * 1000)
+        width = math.inf
         if len(durations) >= min_runs:
             _, low, high = median_interval(np.array(durations))
-            if interval_width(low, high) <= ci_width:
-                break
+            width = interval_width(low, high)
+        if on_run is not None:
+            on_run(len(durations), width)
+        if width <= ci_width:
+            break
     return durations

@@ -162,3 +162,30 @@ def test_a_baseline_measured_with_other_settings_is_refused(tmp_path):
     with pytest.raises(BenchmarkError, match=r"'threads': 2.*'threads': 3.*dvc repro tf_baseline"):
         benchmark(baseline, tmp_path / "unused.onnx", None,
                   np.zeros((2, 32, 32, 3), np.uint8), params)
+
+
+def test_measure_with_a_label_logs_its_runs_out_of_the_maximum_and_the_interval(capsys):
+    now = [0.0]
+    spread = iter([10.0, 10.2, 9.8, 10.1, 9.9, 10.0] * 20)
+
+    def fake_model(batch: np.ndarray) -> None:
+        now[0] += next(spread) / 1000 if len(batch) == 1 else 0.016
+
+    params = BenchmarkParams(warmup=1, min_runs=6, max_runs=60, ci_width=0.05, batch_size=8,
+                             batch_runs=2)
+    measure(fake_model, np.zeros((1, 4, 4, 3)), np.zeros((8, 4, 4, 3)), params,
+            clock=lambda: now[0], label="onnxruntime fp32")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("onnxruntime fp32: warm up")
+    assert any(line.startswith("onnxruntime fp32: batch-1 p50: 6/60 runs done")
+               and "95% interval 4.1% wide (stops at 5%)" in line for line in lines)
+    assert lines[-1].startswith("onnxruntime fp32: p50 10.0 ms, 95% interval 9.8-10.2 ms "
+                                "(4.1% wide) after 6/60 runs")
+    assert len(lines) <= 8  # not one line per run
+
+
+def test_measure_without_a_label_prints_nothing(capsys):
+    params = BenchmarkParams(warmup=1, min_runs=6, max_runs=7, ci_width=0.05, batch_size=8,
+                             batch_runs=1)
+    measure(lambda batch: None, np.zeros((1, 4, 4, 3)), np.zeros((8, 4, 4, 3)), params)
+    assert capsys.readouterr().err == ""

@@ -124,3 +124,25 @@ def test_parity_rejects_non_uint8_images() -> None:
     # Float pixels would be silently wrapped by a cast; the check runs before any model.
     with pytest.raises(ValueError, match="uint8"):
         parity(keras.Sequential(), Path("unused.onnx"), np.zeros((2, SIZE, SIZE, 3), "float32"))
+
+
+def test_conversion_says_what_it_does_phase_by_phase(tmp_path: Path, capsys) -> None:
+    """What `dvc repro export` shows instead of minutes of silence (stderr is not a TTY here)."""
+    keras.utils.set_random_seed(0)
+    tiny = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 3),
+                             keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(CLASSES, activation="softmax")])
+    head = keras.Sequential([keras.Input((CLASSES,)), keras.layers.Identity()])
+    model = inference_model(tiny, head, SIZE)
+    path = convert_to_onnx(model, tmp_path / "tiny.onnx", 17, METADATA)
+    parity(model, path, _pixels(20), batch_size=8)
+    lines = capsys.readouterr().err.splitlines()
+    phases = ["convert classifier", "optimize classifier's graph", f"write {path}",
+              "parity: Keras on 20 test images", "parity: onnxruntime on 20 test images"]
+    starts = [next(i for i, line in enumerate(lines) if line.startswith(p)) for p in phases]
+    assert starts == sorted(starts)  # in the order they run
+    for name in phases[:3]:  # each phase's time when it ends
+        assert any(line.startswith(name) and ": done in " in line for line in lines), name
+    assert any(line.startswith("parity: onnxruntime on 20 test images: 20/20 img done")
+               for line in lines)
+    assert "\r" not in "".join(lines)

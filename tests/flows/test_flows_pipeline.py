@@ -6,6 +6,7 @@ import subprocess
 import pytest
 import yaml
 
+import flows.pipeline
 from flows.pipeline import pipeline, run_stage
 from rarespecies.ops.pipeline import StageFailed, pipeline_stages
 
@@ -107,12 +108,15 @@ def test_lock_contention_is_retried_data_errors_are_not(monkeypatch, harness, tm
     calls = []
     replies = iter([(1, "ERROR: Unable to acquire lock"), (0, "Running stage 'x'")])
 
-    def fake_run(args, **kwargs):
+    def fake_dvc(*args, cwd, on_line=None):
+        # DVC's output as the flow reads it: streamed line by line, then returned whole.
         calls.append(args)
         code, out = next(replies)
+        for line in out.splitlines():
+            on_line(line)
         return subprocess.CompletedProcess(args, code, stdout=out, stderr="")
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(flows.pipeline, "dvc", fake_dvc)
     quick = run_stage.with_options(retry_delay_seconds=0)
     assert quick("x", str(tmp_path))["ran"] is True and len(calls) == 2
 

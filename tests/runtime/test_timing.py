@@ -53,3 +53,13 @@ def test_timing_runs_to_the_limit_when_the_spread_stays_wide():
     assert len(durations) == 30
     _, low, high = median_interval(np.array(durations))
     assert interval_width(low, high) > 0.05
+
+
+def test_timing_reports_each_run_and_the_interval_width_once_known():
+    steady = ScriptedClock([100.0, 101.0, 99.0])
+    seen: list[tuple[int, float]] = []
+    time_until_tight(steady.call, min_runs=6, max_runs=50, ci_width=0.05, clock=steady.clock,
+                     on_run=lambda runs, width: seen.append((runs, width)))
+    assert [runs for runs, _ in seen] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isinf(width) for _, width in seen[:5])  # before min_runs: not known
+    assert seen[-1][1] == pytest.approx(101 / 99 - 1)  # the width that stopped the loop

@@ -256,6 +256,8 @@ def download_catalog(catalog: Path, data_dir: Path, report_path: Path, *,
     """
     from tqdm import tqdm  # only the pipeline extra installs it
 
+    from rarespecies.core.progress import bar
+
     catalog, data_dir, report_path = Path(catalog), Path(data_dir), Path(report_path)
     items, problems, total = load(catalog, Path(taxonomy) if taxonomy else None)
     earlier = _earlier_rows(data_dir)
@@ -273,10 +275,10 @@ def download_catalog(catalog: Path, data_dir: Path, report_path: Path, *,
         try:
             for item in items:
                 futures.append(pool.submit(_fetch, item, data_dir, tmp_dir, run))
-            with tqdm(total=len(items), desc="acquire eol", unit="img",
-                      disable=not progress) as bar:
+            with bar(tqdm, total=len(items), desc="acquire eol", unit="img",
+                     enabled=progress) as shown:
                 for _ in as_completed(futures):
-                    bar.update()
+                    shown.update()
         except KeyboardInterrupt:
             interrupted = True
             raise

@@ -411,7 +411,9 @@ def generate_sample(out_dir: Path, spec: SampleSpec = SampleSpec(),
     if progress:
         from tqdm import tqdm  # only the pipeline extra installs it
 
-        items = tqdm(rows, desc="sample", unit="img")
+        from rarespecies.core.progress import bar
+
+        items = bar(tqdm, rows, desc="sample", unit="img")
     with atomic_path(out_dir) as tmp:
         for row in items:
             path = tmp / row.file_path

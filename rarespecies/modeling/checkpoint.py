@@ -2,8 +2,16 @@
 
 Keras' BackupAndRestore keeps the weights, optimizer and epoch, but not what early stopping has
 seen nor the curves so far, and DVC deletes a stage's outputs (dvclive's too) before rerunning
-it. So every epoch end writes all of it to `checkpoints/<model>/`, outside DVC's outputs: the
-model with its optimizer state, the early-stopping state and best weights, and the history. A
+it. So the training writes all of it to `checkpoints/<model>/`, outside DVC's outputs.
+
+A frozen backbone's weights do not change during a phase (it runs in inference mode, so even
+its BatchNormalization statistics stay), and they are most of the model (54M parameters for
+InceptionResNetV2). So the whole compiled model is written once per phase, when the phase
+starts (`<phase>.keras`), and each epoch writes only what can change: every weight outside the
+backbone's non-trainable ones, the optimizer's variables, and early stopping's best weights
+(same subset), in `epoch-<n>.npz`; then `state.json`, which makes that epoch the current one.
+Resuming loads the phase's model and puts the epoch's weights and optimizer state back, so it
+continues from exactly the weights, optimizer state and early-stopping state of that epoch. A
 checkpoint resumes only the run it came from (same params, same input files); a finished
 training removes it.
 """
@@ -21,8 +29,9 @@ import keras
 import numpy as np
 
 from rarespecies.core.files import atomic_path
+from rarespecies.modeling.models import BACKBONE
 
-MODEL, STATE, BEST, FROZEN = "model.keras", "state.json", "best.npz", "frozen.npz"
+STATE = "state.json"
 
 
 def fingerprint(settings: dict, files: list[Path]) -> str:
@@ -43,13 +52,32 @@ def fingerprint(settings: dict, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _save_weights(path: Path, weights: list[np.ndarray]) -> None:
-    np.savez(path, *weights)
+def changing_weights(model: keras.Model) -> list[int]:
+    """Positions in `model.weights` of the weights that a phase's epochs can change.
+
+    All but the backbone's non-trainable ones: those are frozen layers' weights and
+    BatchNormalization statistics, which stay as they are because the backbone always runs in
+    inference mode (`models.build_end_to_end`). A head-only model has no backbone: all count.
+
+    Args:
+        model: the model being trained, with this phase's `trainable` flags.
+
+    Returns:
+        Indices into `model.weights` (and `model.get_weights()`), in order.
+    """
+    try:
+        frozen = {id(v) for v in model.get_layer(BACKBONE).non_trainable_weights}
+    except ValueError:  # no nested backbone: the head alone, on cached features
+        frozen = set()
+    return [i for i, v in enumerate(model.weights) if id(v) not in frozen]
 
 
-def _load_weights(path: Path) -> list[np.ndarray]:
-    with np.load(path) as stored:
-        return [stored[f"arr_{i}"] for i in range(len(stored.files))]
+def _phase_file(phase: str) -> str:
+    return f"{phase}.keras"
+
+
+def _epoch_file(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.npz"
 
 
 @dataclass
@@ -100,7 +128,14 @@ class TrainingState:
 
 @dataclass
 class Resumed:
-    """What a checkpoint restores: the compiled model and where training stood."""
+    """What a checkpoint restores: the compiled model and where training stood.
+
+    Attributes:
+        model: compiled, with the last epoch's weights and optimizer state.
+        state: where training stood.
+        best_weights: early stopping's best weights of the phase (all of the model's).
+        frozen_weights: in the fine-tuning phase, the frozen phase's final weights.
+    """
 
     model: keras.Model
     state: TrainingState
@@ -113,6 +148,23 @@ class Checkpoint:
 
     def __init__(self, folder: Path, fingerprint: str) -> None:
         self.folder, self.fingerprint = Path(folder), fingerprint
+        self._changing: list[int] = []
+
+    def start_phase(self, model: keras.Model, phase: str) -> None:
+        """Write the whole compiled model once, as a phase starts (before its first epoch).
+
+        The optimizer is built first, so the saved model carries its variables and a resumed
+        one can take the epoch's values. Until an epoch of this phase is saved, `state.json`
+        still names the previous phase (or nothing), so a crash here resumes as before.
+
+        Args:
+            model: compiled with the phase's optimizer and `trainable` flags.
+            phase: "frozen" or "fine_tune".
+        """
+        model.optimizer.build(model.trainable_variables)
+        self._changing = changing_weights(model)
+        with atomic_path(self.folder / _phase_file(phase)) as tmp:
+            model.save(tmp)
 
     def resume(self) -> Resumed | None:
         """The saved run, if one exists for these params and inputs; a stale one is removed."""
@@ -124,29 +176,58 @@ class Checkpoint:
             print(f"Ignoring {self.folder}: it was saved with other params or inputs.")
             self.clear()
             return None
-        best, frozen = self.folder / BEST, self.folder / FROZEN
-        return Resumed(keras.saving.load_model(self.folder / MODEL),
-                       TrainingState.from_json(saved),
-                       _load_weights(best) if best.is_file() else None,
-                       _load_weights(frozen) if frozen.is_file() else None)
+        state = TrainingState.from_json(saved)
+        model = keras.saving.load_model(self.folder / _phase_file(state.phase))
+        start = model.get_weights()  # the phase's first weights: the frozen phase's last
+        with np.load(self.folder / _epoch_file(state.epoch)) as stored:
+            changing = [int(i) for i in stored["changing"]]
+            if changing != changing_weights(model):
+                raise ValueError(f"{self.folder}: the epoch's weights do not fit the model; "
+                                 f"delete the folder to train from the start")
+            weights = _restore(start, changing, stored, "weight")
+            best = _restore(start, changing, stored, "best") if "best_0" in stored else None
+            optimizer = [stored[f"optimizer_{i}"] for i in range(len(model.optimizer.variables))]
+        model.set_weights(weights)
+        for variable, value in zip(model.optimizer.variables, optimizer, strict=True):
+            variable.assign(value)
+        self._changing = changing
+        return Resumed(model, state, best, start if state.phase == "fine_tune" else None)
 
     def save(self, model: keras.Model, state: TrainingState,
-             best_weights: list[np.ndarray] | None,
-             frozen_weights: list[np.ndarray] | None) -> None:
-        """Replace the checkpoint with this epoch's, all files at once."""
-        with atomic_path(self.folder) as tmp:
-            tmp.mkdir()
-            model.save(tmp / MODEL)
-            if best_weights is not None:
-                _save_weights(tmp / BEST, best_weights)
-            if frozen_weights is not None:
-                _save_weights(tmp / FROZEN, frozen_weights)
-            (tmp / STATE).write_text(json.dumps({**state.to_json(),
-                                                 "fingerprint": self.fingerprint}))
+             best_weights: list[np.ndarray] | None) -> None:
+        """Save this epoch: the weights that change, optimizer, best weights, then the state.
+
+        `state.json` is replaced last (atomically), so a crash at any point leaves the
+        previous epoch's checkpoint whole; older epoch files are removed after it.
+        """
+        weights = model.get_weights()
+        arrays = {"changing": np.asarray(self._changing, np.int64)}
+        arrays |= {f"weight_{n}": weights[i] for n, i in enumerate(self._changing)}
+        if best_weights is not None:
+            arrays |= {f"best_{n}": best_weights[i] for n, i in enumerate(self._changing)}
+        arrays |= {f"optimizer_{n}": keras.ops.convert_to_numpy(v)
+                   for n, v in enumerate(model.optimizer.variables)}
+        with atomic_path(self.folder / _epoch_file(state.epoch)) as tmp, tmp.open("wb") as out:
+            np.savez(out, **arrays)
+        with atomic_path(self.folder / STATE) as tmp:
+            tmp.write_text(json.dumps({**state.to_json(), "fingerprint": self.fingerprint}))
+        keep = {_epoch_file(state.epoch), _phase_file(state.phase), STATE}
+        for old in self.folder.glob("*"):
+            if old.is_file() and old.name not in keep:
+                old.unlink()
 
     def clear(self) -> None:
         """Remove the checkpoint (training finished, or it belongs to another run)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _restore(start: list[np.ndarray], changing: list[int], stored: Any,
+             prefix: str) -> list[np.ndarray]:
+    """The phase's first weights with the stored changing ones put back."""
+    weights = list(start)
+    for n, i in enumerate(changing):
+        weights[i] = stored[f"{prefix}_{n}"]
+    return weights
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -180,17 +261,15 @@ class SaveEachEpoch(keras.callbacks.Callback):
     """Writes the checkpoint after every epoch (after early stopping has updated its state).
 
     Args:
-        checkpoint: where to write.
+        checkpoint: where to write (`start_phase` or `resume` has run for this phase).
         stopper: the phase's early stopping.
         state: where training stands; its `history` is extended.
-        frozen_weights: the frozen phase's final weights, kept during fine-tuning.
     """
 
     def __init__(self, checkpoint: Checkpoint, stopper: ResumableEarlyStopping,
-                 state: TrainingState, frozen_weights: list[np.ndarray] | None) -> None:
+                 state: TrainingState) -> None:
         super().__init__()
         self.checkpoint, self.stopper, self.state = checkpoint, stopper, state
-        self.frozen_weights = frozen_weights
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         for key, value in (logs or {}).items():
@@ -198,5 +277,4 @@ class SaveEachEpoch(keras.callbacks.Callback):
         self.state.epoch = epoch + 1
         self.state.stopper = self.stopper.state()
         self.state.stopped = bool(self.model.stop_training)
-        self.checkpoint.save(self.model, self.state, self.stopper.best_weights,
-                             self.frozen_weights)
+        self.checkpoint.save(self.model, self.state, self.stopper.best_weights)

@@ -7,13 +7,13 @@ it. So the training writes all of it to `checkpoints/<model>/`, outside DVC's ou
 A frozen backbone's weights do not change during a phase (it runs in inference mode, so even
 its BatchNormalization statistics stay), and they are most of the model (54M parameters for
 InceptionResNetV2). So the whole compiled model is written once per phase, when the phase
-starts (`<phase>.keras`), and each epoch writes only what can change: every weight outside the
-backbone's non-trainable ones, the optimizer's variables, and early stopping's best weights
-(same subset), in `epoch-<n>.npz`; then `state.json`, which makes that epoch the current one.
-Resuming loads the phase's model and puts the epoch's weights and optimizer state back, so it
-continues from exactly the weights, optimizer state and early-stopping state of that epoch. A
-checkpoint resumes only the run it came from (same params, same input files); a finished
-training removes it.
+starts (`<phase>.keras`), and each epoch writes only what can change, in `epoch-<n>.npz`: every
+weight outside the backbone's non-trainable ones, the random layers' seed states, the
+optimizer's variables, and early stopping's best weights (same subset); then `state.json`,
+which makes that epoch the current one. Resuming loads the phase's model and puts the epoch's
+values back, so it continues from exactly that epoch's weights, optimizer, random state and
+early-stopping state. A checkpoint resumes only the run it came from (same params, same input
+files); a finished training removes it.
 """
 
 from __future__ import annotations
@@ -52,24 +52,35 @@ def fingerprint(settings: dict, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def changing_weights(model: keras.Model) -> list[int]:
-    """Positions in `model.weights` of the weights that a phase's epochs can change.
+def _frozen(model: keras.Model) -> set[int]:
+    """Ids of the backbone's non-trainable weights: frozen layers' weights and BatchNorm
+    statistics, which stay as they are during a phase because the backbone always runs in
+    inference mode (`models.build_end_to_end`). A head-only model has no backbone."""
+    try:
+        return {id(v) for v in model.get_layer(BACKBONE).non_trainable_weights}
+    except ValueError:  # no nested backbone: the head alone, on cached features
+        return set()
 
-    All but the backbone's non-trainable ones: those are frozen layers' weights and
-    BatchNormalization statistics, which stay as they are because the backbone always runs in
-    inference mode (`models.build_end_to_end`). A head-only model has no backbone: all count.
+
+def changing_weights(model: keras.Model) -> list[int]:
+    """Positions in `model.get_weights()` of the weights that a phase's epochs can change.
 
     Args:
         model: the model being trained, with this phase's `trainable` flags.
 
     Returns:
-        Indices into `model.weights` (and `model.get_weights()`), in order.
+        Indices of all weights but the backbone's non-trainable ones, in order.
     """
-    try:
-        frozen = {id(v) for v in model.get_layer(BACKBONE).non_trainable_weights}
-    except ValueError:  # no nested backbone: the head alone, on cached features
-        frozen = set()
+    frozen = _frozen(model)
     return [i for i, v in enumerate(model.weights) if id(v) not in frozen]
+
+
+def changing_variables(model: keras.Model) -> list[keras.Variable]:
+    """The model's state that a phase's epochs can change: the changing weights plus the
+    random layers' seed states (Dropout, augmentation), so a resumed run draws the same
+    masks and transforms as an uninterrupted one."""
+    frozen = _frozen(model)
+    return [v for v in model.variables if id(v) not in frozen]
 
 
 def _phase_file(phase: str) -> str:
@@ -148,7 +159,6 @@ class Checkpoint:
 
     def __init__(self, folder: Path, fingerprint: str) -> None:
         self.folder, self.fingerprint = Path(folder), fingerprint
-        self._changing: list[int] = []
 
     def start_phase(self, model: keras.Model, phase: str) -> None:
         """Write the whole compiled model once, as a phase starts (before its first epoch).
@@ -162,7 +172,6 @@ class Checkpoint:
             phase: "frozen" or "fine_tune".
         """
         model.optimizer.build(model.trainable_variables)
-        self._changing = changing_weights(model)
         with atomic_path(self.folder / _phase_file(phase)) as tmp:
             model.save(tmp)
 
@@ -179,34 +188,34 @@ class Checkpoint:
         state = TrainingState.from_json(saved)
         model = keras.saving.load_model(self.folder / _phase_file(state.phase))
         start = model.get_weights()  # the phase's first weights: the frozen phase's last
+        variables = changing_variables(model) + list(model.optimizer.variables)
         with np.load(self.folder / _epoch_file(state.epoch)) as stored:
-            changing = [int(i) for i in stored["changing"]]
-            if changing != changing_weights(model):
+            if int(stored["variables"]) != len(variables):
                 raise ValueError(f"{self.folder}: the epoch's weights do not fit the model; "
                                  f"delete the folder to train from the start")
-            weights = _restore(start, changing, stored, "weight")
-            best = _restore(start, changing, stored, "best") if "best_0" in stored else None
-            optimizer = [stored[f"optimizer_{i}"] for i in range(len(model.optimizer.variables))]
-        model.set_weights(weights)
-        for variable, value in zip(model.optimizer.variables, optimizer, strict=True):
-            variable.assign(value)
-        self._changing = changing
+            for n, variable in enumerate(variables):
+                variable.assign(stored[f"variable_{n}"])
+            best = None
+            if "best_0" in stored:
+                best = list(start)
+                for n, i in enumerate(changing_weights(model)):
+                    best[i] = stored[f"best_{n}"]
         return Resumed(model, state, best, start if state.phase == "fine_tune" else None)
 
     def save(self, model: keras.Model, state: TrainingState,
              best_weights: list[np.ndarray] | None) -> None:
-        """Save this epoch: the weights that change, optimizer, best weights, then the state.
+        """Save this epoch: what changes (weights, seed states, optimizer), best, then state.
 
         `state.json` is replaced last (atomically), so a crash at any point leaves the
         previous epoch's checkpoint whole; older epoch files are removed after it.
         """
-        weights = model.get_weights()
-        arrays = {"changing": np.asarray(self._changing, np.int64)}
-        arrays |= {f"weight_{n}": weights[i] for n, i in enumerate(self._changing)}
+        variables = changing_variables(model) + list(model.optimizer.variables)
+        arrays = {f"variable_{n}": keras.ops.convert_to_numpy(v)
+                  for n, v in enumerate(variables)}
+        arrays["variables"] = np.asarray(len(variables))
         if best_weights is not None:
-            arrays |= {f"best_{n}": best_weights[i] for n, i in enumerate(self._changing)}
-        arrays |= {f"optimizer_{n}": keras.ops.convert_to_numpy(v)
-                   for n, v in enumerate(model.optimizer.variables)}
+            arrays |= {f"best_{n}": best_weights[i]
+                       for n, i in enumerate(changing_weights(model))}
         with atomic_path(self.folder / _epoch_file(state.epoch)) as tmp, tmp.open("wb") as out:
             np.savez(out, **arrays)
         with atomic_path(self.folder / STATE) as tmp:
@@ -219,15 +228,6 @@ class Checkpoint:
     def clear(self) -> None:
         """Remove the checkpoint (training finished, or it belongs to another run)."""
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _restore(start: list[np.ndarray], changing: list[int], stored: Any,
-             prefix: str) -> list[np.ndarray]:
-    """The phase's first weights with the stored changing ones put back."""
-    weights = list(start)
-    for n, i in enumerate(changing):
-        weights[i] = stored[f"{prefix}_{n}"]
-    return weights
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -26,7 +27,7 @@ from rarespecies.modeling.checkpoint import (
     TrainingState,
     fingerprint,
 )
-from rarespecies.modeling.datasets import batches, load_split
+from rarespecies.modeling.datasets import batches, epoch_batches, load_split, steps_per_epoch
 from rarespecies.modeling.heads import build_head
 from rarespecies.modeling.keras_file import save_keras
 from rarespecies.modeling.models import (
@@ -247,9 +248,11 @@ def _phase(model: keras.Model, optimizer: keras.optimizers.Optimizer | None, dat
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         phase.checkpoint.start_phase(model, phase.name)
-    train_data, val_data, y_val = data
+    train_batches, steps, val_data, y_val = data
     # Keras' per-batch bar only on a terminal; a log gets EpochProgress's line per epoch.
-    model.fit(train_data, initial_epoch=state.epoch, epochs=end,
+    # The epochs' batches depend on the epoch alone, so a resumed phase sees the same ones.
+    model.fit(train_batches(first_epoch=state.epoch, epochs=end), steps_per_epoch=steps,
+              initial_epoch=state.epoch, epochs=end,
               verbose=1 if sys.stdout.isatty() else 0, shuffle=False, class_weight=weights,
               callbacks=[ValidationPass(val_data, y_val), stopper, DVCLiveCallback(live=live),
                          SaveEachEpoch(phase.checkpoint, stopper, state),
@@ -285,7 +288,8 @@ def train(settings: ModelParams, backbone: BackboneParams, data_dir: Path, class
     seed_everything(t.seed)
     x_train, y_train = load_split(data_dir, "train")
     x_val, y_val = load_split(data_dir, "val")
-    data = (batches(x_train, y_train, t.batch_size, shuffle=True, seed=t.seed),
+    data = (partial(epoch_batches, x_train, y_train, t.batch_size, seed=t.seed),
+            steps_per_epoch(len(x_train), t.batch_size),
             batches(x_val, y_val, t.batch_size), y_val)
     weights = class_weights(y_train, classes) if t.class_weights else None
     checkpoint = Checkpoint(checkpoint_dir, fingerprint(

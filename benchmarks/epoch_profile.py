@@ -62,7 +62,7 @@ def main(
 
     from rarespecies.config.params import Augmentation, load_params
     from rarespecies.modeling.checkpoint import Checkpoint, TrainingState
-    from rarespecies.modeling.datasets import batches, load_split
+    from rarespecies.modeling.datasets import batches, epoch_batches, load_split
     from rarespecies.modeling.models import build_end_to_end, build_optimizer
     from rarespecies.modeling.training import ValidationPass, build_model, seed_everything
 
@@ -76,7 +76,7 @@ def main(
     x, y = load_split(folder, "train")
     x_val, y_val = load_split(folder, "val")
     classes = int(max(y.max(), y_val.max())) + 1
-    train_data = batches(x, y, t.batch_size, shuffle=True, seed=t.seed)
+    train_data = epoch_batches(x, y, t.batch_size, seed=t.seed, first_epoch=0, epochs=1)
     per_epoch = -(-len(x) // t.batch_size)
     timed = min(steps or per_epoch, per_epoch)
     scale = per_epoch / timed  # train-side parts are timed on `timed` batches

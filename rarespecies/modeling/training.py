@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -149,23 +150,27 @@ class EpochProgress(keras.callbacks.Callback):
         phase: "frozen" or "fine_tune".
         end: the last epoch this phase may reach.
         later: epochs of the phase after this one (0 if none).
+        clock: seconds, monotonic (replaced in tests).
     """
 
-    def __init__(self, label: str, phase: str, end: int, later: int = 0) -> None:
+    def __init__(self, label: str, phase: str, end: int, later: int = 0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         super().__init__()
-        self.label, self.phase, self.end, self.later = label, phase, end, later
+        self.label, self.phase, self.end, self.later, self.clock = label, phase, end, later, clock
         self.times: list[float] = []
+        self.last_line = ""
         self._started = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._started = time.perf_counter()
+        self._started = self.clock()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.times.append(time.perf_counter() - self._started)
+        self.times.append(self.clock() - self._started)
         steady = self.times[1:] or self.times
         left = (0 if self.model.stop_training else self.end - epoch - 1) + self.later
-        print(progress_line(self.label, epoch + 1, self.end, self.phase, logs or {},
-                            sum(steady) / len(steady), left), flush=True)
+        self.last_line = progress_line(self.label, epoch + 1, self.end, self.phase, logs or {},
+                                       sum(steady) / len(steady), left)
+        print(self.last_line, flush=True)
 
 
 @dataclass

@@ -54,12 +54,17 @@ def _same(a, b):
 
 def test_resume_restores_the_epoch_exactly_and_training_goes_on_identically(tmp_path):
     from rarespecies.config.params import Augmentation
-    from rarespecies.modeling.checkpoint import Checkpoint, TrainingState, changing_weights
+    from rarespecies.modeling.checkpoint import (
+        Checkpoint,
+        TrainingState,
+        changing_variables,
+        changing_weights,
+    )
     from rarespecies.modeling.training import seed_everything
 
     seed_everything(0)
     x, y = _data()
-    model = _model(Augmentation())
+    model = _model(Augmentation(flip=True))
     backbone = model.get_layer("backbone")
     frozen_before = backbone.get_weights()
     _compile(model)
@@ -76,8 +81,15 @@ def test_resume_restores_the_epoch_exactly_and_training_goes_on_identically(tmp_
     _same(backbone.get_weights(), frozen_before)
     changing = changing_weights(model)
     assert len(changing) == len(model.weights) - len(backbone.weights) > 0
+    variables = changing_variables(model)
+    seeds = [v for v in variables if "seed_generator" in v.path]
+    assert len(seeds) == 2  # the flip's and the dropout's random state
+    assert not {id(v) for v in backbone.weights} & {id(v) for v in variables}
     with np.load(tmp_path / "ck/epoch-0002.npz") as stored:
-        assert sum(name.startswith("weight_") for name in stored.files) == len(changing)
+        names = stored.files
+    assert sum(name.startswith("best_") for name in names) == len(changing)
+    assert sum(name.startswith("variable_") for name in names) == (
+        len(variables) + len(model.optimizer.variables))
     assert {p.name for p in (tmp_path / "ck").iterdir()} == {"frozen.keras", "epoch-0002.npz",
                                                            "state.json"}
 
@@ -88,7 +100,7 @@ def test_resume_restores_the_epoch_exactly_and_training_goes_on_identically(tmp_
     _same(_optimizer(resumed.model), _optimizer(model))
     assert int(np.array(model.optimizer.iterations)) == 6  # not a fresh optimizer's 0
 
-    # Same weights and optimizer state: the next epoch is the same, bit for bit.
+    # Same weights, optimizer and random state: the next epoch is the same, bit for bit.
     for net in (model, resumed.model):
         net.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     _same(resumed.model.get_weights(), model.get_weights())

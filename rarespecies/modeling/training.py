@@ -3,6 +3,10 @@
 A model on a frozen backbone without augmentation or fine-tuning trains only its head, on the
 cached features; the others (the custom CNN too) train end to end on the image arrays, streamed
 from disk. Early stopping on validation loss restores the best weights.
+
+Per epoch: the validation split goes through the model once (`ValidationPass`: val_loss as
+Keras computes it, val_accuracy, val_macro_f1), the checkpoint writes only what changed
+(`checkpoint.py`), and one progress line gives the time at most left (`EpochProgress`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class ValidationPass(keras.callbacks.Callback):
         self._step = None
 
     def _predict_and_score(self):
+        """A traced step: one batch's predictions and Keras' loss for them."""
         import tensorflow as tf
 
         model = self.model
@@ -74,7 +79,7 @@ class ValidationPass(keras.callbacks.Callback):
         return step
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self._step = self._predict_and_score()
+        self._step = self._predict_and_score()  # traced anew for this fit's compiled model
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
@@ -86,7 +91,9 @@ class ValidationPass(keras.callbacks.Callback):
         Returns:
             `val_loss`, `val_accuracy`, `val_macro_f1`.
         """
-        step = self._step or self._predict_and_score()
+        if self._step is None:
+            self._step = self._predict_and_score()
+        step = self._step
         predicted, loss_sum = [], 0.0
         for x, y in self.val_data:
             y_pred, loss = step(x, y)

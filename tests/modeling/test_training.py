@@ -328,10 +328,12 @@ def test_progress_line_counts_the_epochs_that_may_still_run():
     assert [duration(s) for s in (41.4, 707, 3725)] == ["41 s", "11m 47s", "1h 02m"]
     line = progress_line("train@densenet121", 3, 20, "frozen",
                          {"loss": 2.31041, "val_loss": 2.287, "val_macro_f1": 0.0512,
-                          "accuracy": 0.5}, 41.0, 17 + 5)
+                          "accuracy": 0.5}, 41.0, 17, 5)
     assert line == ("train@densenet121: epoch 3/20 (frozen) loss 2.3104, val_loss 2.2870, "
-                    "val_macro_f1 0.0512; 41 s/epoch, at most 15m 02s left (early stopping "
-                    "may end sooner)")
+                    "val_macro_f1 0.0512; 41 s/epoch, at most 11m 37s left, then up to 5 "
+                    "fine-tuning epochs (early stopping may end sooner)")
+    assert progress_line("t", 20, 20, "frozen", {}, 41.0, 0, 5).endswith(
+        "; 41 s/epoch, then up to 5 fine-tuning epochs (early stopping may end sooner)")
     assert progress_line("t", 25, 25, "fine_tune", {}, 60.0, 0) == (
         "t: epoch 25/25 (fine-tune) ; 60 s/epoch, phase done")
 
@@ -352,7 +354,9 @@ def test_progress_lines_of_both_phases_estimate_what_is_left(tmp_path, capsys):
     heads = [line.split(" loss ")[0] for line in lines]
     assert heads == ["train@tiny: epoch 1/2 (frozen)", "train@tiny: epoch 2/2 (frozen)",
                      "train@tiny: epoch 3/4 (fine-tune)", "train@tiny: epoch 4/4 (fine-tune)"]
-    assert all("s/epoch, at most " in line for line in lines[:3])
+    assert "s/epoch, at most " in lines[0] and "then up to 2 fine-tuning epochs" in lines[0]
+    assert "s/epoch, then up to 2 fine-tuning epochs (early" in lines[1]
+    assert "s/epoch, at most " in lines[2] and "fine-tuning" not in lines[2]
     assert lines[3].endswith("s/epoch, phase done")
 
 
@@ -371,7 +375,8 @@ def test_the_estimate_leaves_out_the_tracing_epoch_and_stops_with_early_stopping
         progress.on_epoch_begin(epoch)
         progress.on_epoch_end(epoch, {})
         lines.append(progress.last_line)
+    later = "then up to 2 fine-tuning epochs (early stopping may end sooner)"
     assert [line.split("; ")[1] for line in lines] == [
-        "10 s/epoch, at most 50 s left (early stopping may end sooner)",   # 3 + 2 epochs
-        "4 s/epoch, at most 16 s left (early stopping may end sooner)",    # 2 + 2, 4 s each
-        "5 s/epoch, at most 10 s left (early stopping may end sooner)"]    # only the 2 later
+        f"10 s/epoch, at most 30 s left, {later}",  # 3 epochs left at the first's 10 s
+        f"4 s/epoch, at most 8 s left, {later}",  # 2 left at 4 s: the traced one left out
+        f"5 s/epoch, {later}"]  # early stopping ended the phase: only the later epochs

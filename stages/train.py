@@ -22,7 +22,7 @@ def work(model: str) -> str:
     entry = check_model(params, model)
     result = train(settings, backbone, paths.inputs_dir(entry["inputs"], entry["backbone"]),
                    len(read_json(paths.LABELS)), paths.model_file(model), paths.live_dir(model),
-                   paths.checkpoint_dir(model))
+                   paths.checkpoint_dir(model), label=f"train@{model}")
     write_json(paths.train_report(model),
                {"model": model, "backbone": settings.backbone,
                 "architecture": backbone.architecture, "head": settings.head.type, **result})

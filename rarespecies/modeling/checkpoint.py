@@ -2,10 +2,18 @@
 
 Keras' BackupAndRestore keeps the weights, optimizer and epoch, but not what early stopping has
 seen nor the curves so far, and DVC deletes a stage's outputs (dvclive's too) before rerunning
-it. So every epoch end writes all of it to `checkpoints/<model>/`, outside DVC's outputs: the
-model with its optimizer state, the early-stopping state and best weights, and the history. A
-checkpoint resumes only the run it came from (same params, same input files); a finished
-training removes it.
+it. So the training writes all of it to `checkpoints/<model>/`, outside DVC's outputs.
+
+A frozen backbone's weights do not change during a phase (it runs in inference mode, so even
+its BatchNormalization statistics stay), and they are most of the model (54M parameters for
+InceptionResNetV2). So the whole compiled model is written once per phase, when the phase
+starts (`<phase>.keras`), and each epoch writes only what can change, in `epoch-<n>.npz`: every
+weight outside the backbone's non-trainable ones, the random layers' seed states, the
+optimizer's variables, and early stopping's best weights (same subset); then `state.json`,
+which makes that epoch the current one. Resuming loads the phase's model and puts the epoch's
+values back, so it continues from exactly that epoch's weights, optimizer, random state and
+early-stopping state. A checkpoint resumes only the run it came from (same params, same input
+files); a finished training removes it.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ import keras
 import numpy as np
 
 from rarespecies.core.files import atomic_path
+from rarespecies.modeling.models import BACKBONE
 
-MODEL, STATE, BEST, FROZEN = "model.keras", "state.json", "best.npz", "frozen.npz"
+STATE = "state.json"
 
 
 def fingerprint(settings: dict, files: list[Path]) -> str:
@@ -43,13 +52,43 @@ def fingerprint(settings: dict, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _save_weights(path: Path, weights: list[np.ndarray]) -> None:
-    np.savez(path, *weights)
+def _frozen(model: keras.Model) -> set[int]:
+    """Ids of the backbone's non-trainable weights: frozen layers' weights and BatchNorm
+    statistics, which stay as they are during a phase because the backbone always runs in
+    inference mode (`models.build_end_to_end`). A head-only model has no backbone."""
+    try:
+        return {id(v) for v in model.get_layer(BACKBONE).non_trainable_weights}
+    except ValueError:  # no nested backbone: the head alone, on cached features
+        return set()
 
 
-def _load_weights(path: Path) -> list[np.ndarray]:
-    with np.load(path) as stored:
-        return [stored[f"arr_{i}"] for i in range(len(stored.files))]
+def changing_weights(model: keras.Model) -> list[int]:
+    """Positions in `model.get_weights()` of the weights that a phase's epochs can change.
+
+    Args:
+        model: the model being trained, with this phase's `trainable` flags.
+
+    Returns:
+        Indices of all weights but the backbone's non-trainable ones, in order.
+    """
+    frozen = _frozen(model)
+    return [i for i, v in enumerate(model.weights) if id(v) not in frozen]
+
+
+def changing_variables(model: keras.Model) -> list[keras.Variable]:
+    """The model's state that a phase's epochs can change: the changing weights plus the
+    random layers' seed states (Dropout, augmentation), so a resumed run draws the same
+    masks and transforms as an uninterrupted one."""
+    frozen = _frozen(model)
+    return [v for v in model.variables if id(v) not in frozen]
+
+
+def _phase_file(phase: str) -> str:
+    return f"{phase}.keras"
+
+
+def _epoch_file(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.npz"
 
 
 @dataclass
@@ -100,7 +139,14 @@ class TrainingState:
 
 @dataclass
 class Resumed:
-    """What a checkpoint restores: the compiled model and where training stood."""
+    """What a checkpoint restores: the compiled model and where training stood.
+
+    Attributes:
+        model: compiled, with the last epoch's weights and optimizer state.
+        state: where training stood.
+        best_weights: early stopping's best weights of the phase (all of the model's).
+        frozen_weights: in the fine-tuning phase, the frozen phase's final weights.
+    """
 
     model: keras.Model
     state: TrainingState
@@ -114,6 +160,21 @@ class Checkpoint:
     def __init__(self, folder: Path, fingerprint: str) -> None:
         self.folder, self.fingerprint = Path(folder), fingerprint
 
+    def start_phase(self, model: keras.Model, phase: str) -> None:
+        """Write the whole compiled model once, as a phase starts (before its first epoch).
+
+        The optimizer is built first, so the saved model carries its variables and a resumed
+        one can take the epoch's values. Until an epoch of this phase is saved, `state.json`
+        still names the previous phase (or nothing), so a crash here resumes as before.
+
+        Args:
+            model: compiled with the phase's optimizer and `trainable` flags.
+            phase: "frozen" or "fine_tune".
+        """
+        model.optimizer.build(model.trainable_variables)
+        with atomic_path(self.folder / _phase_file(phase)) as tmp:
+            model.save(tmp)
+
     def resume(self) -> Resumed | None:
         """The saved run, if one exists for these params and inputs; a stale one is removed."""
         state_file = self.folder / STATE
@@ -124,25 +185,45 @@ class Checkpoint:
             print(f"Ignoring {self.folder}: it was saved with other params or inputs.")
             self.clear()
             return None
-        best, frozen = self.folder / BEST, self.folder / FROZEN
-        return Resumed(keras.saving.load_model(self.folder / MODEL),
-                       TrainingState.from_json(saved),
-                       _load_weights(best) if best.is_file() else None,
-                       _load_weights(frozen) if frozen.is_file() else None)
+        state = TrainingState.from_json(saved)
+        model = keras.saving.load_model(self.folder / _phase_file(state.phase))
+        start = model.get_weights()  # the phase's first weights: the frozen phase's last
+        variables = changing_variables(model) + list(model.optimizer.variables)
+        with np.load(self.folder / _epoch_file(state.epoch)) as stored:
+            if int(stored["variables"]) != len(variables):
+                raise ValueError(f"{self.folder}: the epoch's weights do not fit the model; "
+                                 f"delete the folder to train from the start")
+            for n, variable in enumerate(variables):
+                variable.assign(stored[f"variable_{n}"])
+            best = None
+            if "best_0" in stored:
+                best = list(start)
+                for n, i in enumerate(changing_weights(model)):
+                    best[i] = stored[f"best_{n}"]
+        return Resumed(model, state, best, start if state.phase == "fine_tune" else None)
 
     def save(self, model: keras.Model, state: TrainingState,
-             best_weights: list[np.ndarray] | None,
-             frozen_weights: list[np.ndarray] | None) -> None:
-        """Replace the checkpoint with this epoch's, all files at once."""
-        with atomic_path(self.folder) as tmp:
-            tmp.mkdir()
-            model.save(tmp / MODEL)
-            if best_weights is not None:
-                _save_weights(tmp / BEST, best_weights)
-            if frozen_weights is not None:
-                _save_weights(tmp / FROZEN, frozen_weights)
-            (tmp / STATE).write_text(json.dumps({**state.to_json(),
-                                                 "fingerprint": self.fingerprint}))
+             best_weights: list[np.ndarray] | None) -> None:
+        """Save this epoch: what changes (weights, seed states, optimizer), best, then state.
+
+        `state.json` is replaced last (atomically), so a crash at any point leaves the
+        previous epoch's checkpoint whole; older epoch files are removed after it.
+        """
+        variables = changing_variables(model) + list(model.optimizer.variables)
+        arrays = {f"variable_{n}": keras.ops.convert_to_numpy(v)
+                  for n, v in enumerate(variables)}
+        arrays["variables"] = np.asarray(len(variables))
+        if best_weights is not None:
+            arrays |= {f"best_{n}": best_weights[i]
+                       for n, i in enumerate(changing_weights(model))}
+        with atomic_path(self.folder / _epoch_file(state.epoch)) as tmp, tmp.open("wb") as out:
+            np.savez(out, **arrays)
+        with atomic_path(self.folder / STATE) as tmp:
+            tmp.write_text(json.dumps({**state.to_json(), "fingerprint": self.fingerprint}))
+        keep = {_epoch_file(state.epoch), _phase_file(state.phase), STATE}
+        for old in self.folder.glob("*"):
+            if old.is_file() and old.name not in keep:
+                old.unlink()
 
     def clear(self) -> None:
         """Remove the checkpoint (training finished, or it belongs to another run)."""
@@ -180,17 +261,15 @@ class SaveEachEpoch(keras.callbacks.Callback):
     """Writes the checkpoint after every epoch (after early stopping has updated its state).
 
     Args:
-        checkpoint: where to write.
+        checkpoint: where to write (`start_phase` or `resume` has run for this phase).
         stopper: the phase's early stopping.
         state: where training stands; its `history` is extended.
-        frozen_weights: the frozen phase's final weights, kept during fine-tuning.
     """
 
     def __init__(self, checkpoint: Checkpoint, stopper: ResumableEarlyStopping,
-                 state: TrainingState, frozen_weights: list[np.ndarray] | None) -> None:
+                 state: TrainingState) -> None:
         super().__init__()
         self.checkpoint, self.stopper, self.state = checkpoint, stopper, state
-        self.frozen_weights = frozen_weights
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         for key, value in (logs or {}).items():
@@ -198,5 +277,4 @@ class SaveEachEpoch(keras.callbacks.Callback):
         self.state.epoch = epoch + 1
         self.state.stopper = self.stopper.state()
         self.state.stopped = bool(self.model.stop_training)
-        self.checkpoint.save(self.model, self.state, self.stopper.best_weights,
-                             self.frozen_weights)
+        self.checkpoint.save(self.model, self.state, self.stopper.best_weights)

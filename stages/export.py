@@ -4,7 +4,6 @@ out, labels and provenance in its metadata), kept only if it matches Keras on th
 from __future__ import annotations
 
 import subprocess
-import time
 
 import typer
 
@@ -29,13 +28,11 @@ def git_revision() -> str:
 def work() -> str:
     """Export with the `export` keys and `ingest.max_side` of params.yaml."""
     params = load_params()
-    start = time.perf_counter()
     report = export(paths.EXPORT_DIR, params.export, paths.ONNX_FILE, paths.EXPORT_REPORT,
                     paths.EXPORT_METRICS, params.ingest.max_side,
                     probabilities_out=paths.TEST_PROBABILITIES)
     # Not in the file nor in a metric: neither is the same from one run to the next.
-    typer.echo(f"export: converted in {time.perf_counter() - start:.1f} s from git "
-               f"{git_revision()}")
+    typer.echo(f"export: made from git {git_revision()}")
     route = "head grafted onto its backbone's graph" if report["grafted"] else "converted whole"
     return (f"{report['model']} ({route}) -> {paths.ONNX_FILE} ({report['onnx_mb']} MB, opset "
             f"{report['opset']}): max |p_onnx - p_keras| {report['max_abs_diff']:.2e} on "

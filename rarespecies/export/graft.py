@@ -4,10 +4,10 @@ A head trained on a backbone's cached features changes far more often than the b
 (every head experiment), yet converting the whole model with tf2onnx reconverts ConvNeXtBase
 (~2-3 min, ~10.5 GB). So the backbone (uint8 pixels in, pooled features out, optimised and
 portable-folded like a whole export) is converted once per backbone setting
-(`export_backbone@<backbone>`), and the export stage converts only the head and joins the
-two graphs with `onnx.compose`. The backbone's file records the SHA-256 of the weights it was
-converted from, so a graft onto other weights than the head was trained on is refused before
-the parity gate would catch it.
+(`export_backbone@<backbone>`), and the export stage converts only the head and appends it
+to the backbone's graph (`rarespecies.export.graphs.join`). The backbone's file records the
+SHA-256 of the weights it was converted from, so a graft onto other weights than the head was
+trained on is refused before the parity gate would catch it.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def graft(backbone_path: Path, head: keras.Model, weights_file: Path, path: Path
             raise GraftError(f"{name} is not at opset {opset} (export.opset): {rebuild}")
     # The weights' digest stays in the exported model: quantize grafts the head onto the
     # backbone's INT8 variant only if that was quantized from the same weights.
-    with phase("graft the head onto the backbone graph (onnx.compose)"):
+    with phase("graft the head onto the backbone graph"):
         merged = join(backbone, compose.add_prefix(head_proto, HEAD_PREFIX))
     return save_checked(merged, path, {**metadata, WEIGHTS_SHA256: recorded[WEIGHTS_SHA256]})
 

@@ -3,13 +3,14 @@
 For one end-to-end model of params.yaml (on the sample's `artifacts/arrays/<backbone>`), each
 round times, one after the other: reading the train split through the input pipeline alone;
 one training epoch of the stage's model (augmentation on); the same epoch with augmentation
-off (same weights); the per-epoch validation as `train` ran it before (Keras' validation pass,
-then a second `predict` pass for macro F1) and as it runs now (`ValidationPass`, one pass); and
-the per-epoch checkpoint write before (the whole model, frozen backbone included, plus all best
-weights) and now (`Checkpoint.save`: the weights that change, optimizer, best, state). The
-phase's one-off model write (`Checkpoint.start_phase`) is timed too, outside the epoch. Every
-part is warmed up (traced) first. Medians over rounds, each part's share of the old epoch, and
-the old and new epoch compared.
+off (same weights); the frozen backbone's forward pass over the same batches alone (the floor
+of a frozen-backbone epoch); the per-epoch validation as `train` ran it before (Keras'
+validation pass, then a second `predict` pass for macro F1) and as it runs now
+(`ValidationPass`, one pass); and the per-epoch checkpoint write before (the whole model,
+frozen backbone included, plus all best weights) and now (`Checkpoint.save`: the weights that
+change, optimizer, best, state). The phase's one-off model write (`Checkpoint.start_phase`) is
+timed too, outside the epoch. Every part is warmed up (traced) first. Medians over rounds, each
+part's share of the old epoch, and the old and new epoch compared.
 
     python benchmarks/epoch_profile.py [--model inception_resnet_v2] [--rounds 2] [--steps 10]
 """
@@ -29,6 +30,7 @@ app = typer.Typer(add_completion=False)
 TRAIN = "train epoch, augmentation on (stage)"
 OLD_VAL = ("validation before: Keras pass (val_loss)", "validation before: MacroF1 predict pass")
 NEW_VAL = "validation now: ValidationPass (one pass)"
+FORWARD = "train epoch's frozen-backbone forward pass alone (no head, no gradients)"
 OLD_SAVE = "checkpoint before: whole model + all best weights"
 NEW_SAVE = "checkpoint now: epoch file"
 PHASE_SAVE = "checkpoint now: phase start (once per phase, not per epoch)"
@@ -59,6 +61,7 @@ def main(
 ) -> None:
     """Time the parts of one training epoch of `model`; print a table of seconds and shares."""
     import numpy as np
+    import tensorflow as tf
 
     from rarespecies.config.params import Augmentation, load_params
     from rarespecies.modeling.checkpoint import Checkpoint, TrainingState
@@ -91,6 +94,9 @@ def main(
         net.compile(optimizer=build_optimizer(t.optimizer, t.learning_rate, t.weight_decay),
                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         net.fit(train_data.take(1), epochs=1, verbose=0)  # trace outside the clock
+    frozen = tf.function(full.get_layer("backbone"))  # compiled, as fit runs it
+    for batch, _ in train_data.take(1):
+        frozen(batch, training=False)
     validation = ValidationPass(val_data, y_val)
     validation.set_model(full)
     validation.on_train_begin()
@@ -107,6 +113,7 @@ def main(
             TRAIN: lambda: full.fit(train_data, epochs=1, verbose=0),
             "train epoch, augmentation off": lambda: plain.fit(train_data, epochs=1,
                                                                verbose=0),
+            FORWARD: lambda: [frozen(batch, training=False) for batch, _ in train_data],
             OLD_VAL[0]: lambda: full.evaluate(val_data, verbose=0),
             OLD_VAL[1]: lambda: np.argmax(full.predict(val_data, verbose=0), axis=1),
             NEW_VAL: validation.evaluate,

@@ -42,12 +42,13 @@ from rarespecies.modeling.models import BACKBONE
 from rarespecies.runtime.images import RESIZE_METHOD
 
 
-def load_parts(export_dir: Path):
+def load_parts(export_dir: Path, features_dirs: Callable[[str], Path] = paths.features_dir):
     """The chosen model's backbone and head, from the select stage's folder.
 
     Args:
-        export_dir: output of the select stage (`choice.json`, `model.keras`, and for a head
-            on cached features the `backbone.weights.h5` that produced them).
+        export_dir: output of the select stage (`choice.json`, `model.keras`).
+        features_dirs: backbone name -> its features stage's folder, whose
+            `backbone.weights.h5` produced the features a head was trained on.
 
     Returns:
         (backbone: float pixels -> features, head: features -> probabilities, input size).
@@ -58,23 +59,16 @@ def load_parts(export_dir: Path):
     trained = keras.models.load_model(export_dir / "model.keras")
     if choice["inputs"] == "features":
         backbone = load_backbone(BackboneParams(**choice["backbone"]),
-                                 export_dir / paths.BACKBONE_WEIGHTS)
+                                 weights_of(choice, features_dirs))
         head = trained
     else:  # trained end to end: drop the augmentation, keep its backbone and head
         backbone, head = trained.get_layer(BACKBONE), trained.get_layer(HEAD)
     return backbone, head, choice["backbone"]["input_size"]
 
 
-def load_inference_model(export_dir: Path):
-    """Rebuild the chosen model from the select stage's folder, taking uint8 pixels.
-
-    Args:
-        export_dir: output of the select stage.
-
-    Returns:
-        The Keras model `[N, S, S, 3]` uint8 -> probabilities.
-    """
-    return inference_model(*load_parts(export_dir))
+def weights_of(choice: dict, features_dirs: Callable[[str], Path]) -> Path:
+    """The backbone weights a head on cached features was trained on (its features stage's)."""
+    return features_dirs(choice["settings"]["backbone"]) / paths.BACKBONE_WEIGHTS
 
 
 def provenance(choice: dict, labels: list[str], data_dvc: Path,
@@ -154,7 +148,7 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
 
         with phase(f"load the head of {choice['model']}"):
             head = keras.models.load_model(export_dir / "model.keras")
-        graft(backbone_graph, head, export_dir / paths.BACKBONE_WEIGHTS,
+        graft(backbone_graph, head, weights_of(choice, features_dirs),
               out_path, params.opset, metadata, params.optimize)
         # Keras' side of the gate without running the Keras backbone again: its outputs on
         # these test images, computed by the features stage with these weights.
@@ -163,7 +157,7 @@ def export(export_dir: Path, params: ExportParams, out_path: Path, report_path: 
                           probabilities_out=probabilities_out)
     else:
         with phase(f"build the Keras model {choice['model']} (uint8 pixels -> probabilities)"):
-            keras_model = inference_model(*load_parts(export_dir))
+            keras_model = inference_model(*load_parts(export_dir, features_dirs))
         convert_to_onnx(keras_model, out_path, params.opset, metadata, params.optimize)
         figures = parity(keras_model, out_path, images, probabilities_out=probabilities_out)
     report = {"model": choice["model"], "reason": choice["reason"],

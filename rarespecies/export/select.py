@@ -47,8 +47,10 @@ def choose(params: Params, root: Path) -> tuple[str, str]:
 def select(params: Params, root: Path, out_dir: Path) -> dict:
     """Copy what export, quantize and the model card need into `out_dir`.
 
-    That is the chosen model, its backbone weights (features models), the test split, a
-    spread of training images for INT8 calibration, its per-family table and the labels.
+    That is the chosen model, the test split, a spread of training images for INT8
+    calibration, its per-family table and the labels. A head's backbone weights stay in its
+    features folder, which export reads (a 350 MB copy per head experiment, for DVC to hash
+    and cache again, bought nothing).
 
     Args:
         params: the settings.
@@ -70,9 +72,6 @@ def select(params: Params, root: Path, out_dir: Path) -> dict:
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         shutil.copyfile(root / paths.model_file(model), tmp / "model.keras")
-        if entry["inputs"] == "features":
-            shutil.copyfile(root / paths.features_dir(entry["backbone"]) / paths.BACKBONE_WEIGHTS,
-                            tmp / paths.BACKBONE_WEIGHTS)
         for part in "xy":
             shutil.copyfile(paths.split_file(inputs, "test", part),
                             paths.split_file(tmp, "test", part))

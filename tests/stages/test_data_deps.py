@@ -33,8 +33,6 @@ def test_select_lists_what_it_may_copy_for_any_model():
         arrays = paths.arrays_dir(entry["backbone"])
         expected |= {str(paths.split_file(arrays, split, part))
                      for split in ("train", "test") for part in "xy"}
-        if entry["inputs"] == "features":
-            expected.add(str(paths.features_dir(entry["backbone"]) / paths.BACKBONE_WEIGHTS))
     assert data_deps("select") == expected
 
 
@@ -46,14 +44,14 @@ def test_no_stage_depends_on_a_whole_folder_of_per_model_outputs():
         assert not deps & folders, f"{name} depends on {sorted(deps & folders)}"
 
 
-def test_export_reads_the_graph_and_test_features_of_every_cached_backbone():
+def test_export_reads_the_graph_weights_and_test_features_of_every_cached_backbone():
     """A head on any cached backbone's features is grafted onto that backbone's graph, which
-    is made from the weights its features came from and nothing of any head; its parity gate
-    runs the head on the backbone's cached test features."""
+    is made from the weights its features came from (export checks their digest) and nothing
+    of any head; its parity gate runs the head on the backbone's cached test features."""
     cached = declared(ROOT / "dvc.yaml")["cached"]
     assert data_deps("export") == {str(paths.EXPORT_DIR)} | {
         str(path) for name in cached for path in (
-            paths.backbone_graph(name),
+            paths.backbone_graph(name), paths.features_dir(name) / paths.BACKBONE_WEIGHTS,
             *(paths.split_file(paths.features_dir(name), "test", part) for part in "xy"))}
     stage = STAGES["export_backbone"]
     assert stage["foreach"] == "${cached}"

@@ -45,8 +45,9 @@ LABELS = {"keras_predict": "Keras `model.predict`", "keras_tf_function": "Keras 
 SHORT = {"keras_predict": "predict", "keras_tf_function": "tf_function",
          "onnxruntime_fp32": "ort_fp32", "onnxruntime_int8": "ort_int8"}
 TF_ROWS = ("keras_predict", "keras_tf_function")
-# Each peak sample keeps the fastest of the 2048^3 products (about 60 ms each) in this window:
-# about 8 of them, sampled twice, is enough for the fastest to be an undisturbed one.
+# Each peak sample keeps the fastest of the 2048^3 products in this window (about 55 ms each in
+# fp32, 15 ms in INT8 on the sample's machine): 9 or more, sampled before and after the
+# runtimes, is enough for the fastest to be an undisturbed one.
 PEAK_SECONDS = 0.5
 
 

@@ -13,11 +13,13 @@ exit code says what to do next (the README lists them):
 
 from __future__ import annotations
 
+import gc
+import io
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Annotated
 
 import typer
@@ -114,4 +116,20 @@ def run_command(function: Callable[..., None]) -> None:
     """Run a typer command function as the program (a stage's or a flow's `__main__`)."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(function)
-    app()
+    try:
+        app()
+    finally:
+        _skip_teardown()
+
+
+def _skip_teardown() -> None:
+    """Spare the process Python's teardown of every object it made: 0.7-0.9 s after
+    TensorFlow, per stage. Frozen objects are never collected, so a file left open in a
+    reference cycle would never be written: every open file is flushed first. atexit
+    handlers still run."""
+    for obj in gc.get_objects():
+        # type(), not isinstance(): no attribute of a proxy or lazy module is touched.
+        if issubclass(type(obj), io.IOBase) and not obj.closed:
+            with suppress(Exception):  # a file another thread closes meanwhile
+                obj.flush()
+    gc.freeze()

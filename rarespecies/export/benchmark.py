@@ -46,9 +46,10 @@ SHORT = {"keras_predict": "predict", "keras_tf_function": "tf_function",
          "onnxruntime_fp32": "ort_fp32", "onnxruntime_int8": "ort_int8"}
 TF_ROWS = ("keras_predict", "keras_tf_function")
 # Each peak sample keeps the fastest of the 2048^3 products in this window (about 55 ms each in
-# fp32, 15 ms in INT8 on the sample's machine): 9 or more, sampled before and after the
-# runtimes, is enough for the fastest to be an undisturbed one.
-PEAK_SECONDS = 0.5
+# fp32, 15 ms in INT8 on the sample's machine): 4 or more, sampled before and after the
+# runtimes, is enough for the fastest to be an undisturbed one (0.25 s and 0.5 s windows gave
+# the same spread of peaks, 312-331 GFLOP/s and 1146-1237 GOP/s, over 8 samples each).
+PEAK_SECONDS = 0.25
 
 
 class BenchmarkError(ValueError):

@@ -10,7 +10,11 @@ from imports import ROOT
 from conftest import run
 
 DEMO = '''
+import atexit
+
 from rarespecies.core.console import Debug, Failure, run_command, run_stage
+
+LEFT_OPEN = []
 
 
 def main(kind: str, debug: Debug = False) -> None:
@@ -21,6 +25,10 @@ def main(kind: str, debug: Debug = False) -> None:
             raise Failure("the server is busy", transient=True)
         if kind == "missing":
             import not_a_module_of_the_base_install  # noqa: F401
+        if kind == "unclosed":  # what exit must still finish after run_command's gc.freeze
+            atexit.register(lambda: open("atexit.txt", "w").write("ran"))
+            LEFT_OPEN.append(open("unclosed.txt", "w"))
+            LEFT_OPEN[-1].write("flushed")
         return "did it"
 
     run_stage(f"demo@{kind}", work, debug)
@@ -41,12 +49,20 @@ def demo(tmp_path_factory):
                 patch.setenv(key, value)
             return run(sys.executable, str(path), *args, cwd=path.parent, check=False)
 
+    call.folder = path.parent
     return call
 
 
 def test_success_prints_the_summary_and_its_time(demo):
     proc = demo("ok")
     assert proc.returncode == 0 and proc.stdout.startswith("demo@ok: did it [")
+
+
+def test_exit_still_runs_atexit_handlers_and_flushes_open_files(demo):
+    proc = demo("unclosed")
+    assert proc.returncode == 0, proc.stderr
+    assert (demo.folder / "atexit.txt").read_text() == "ran"
+    assert (demo.folder / "unclosed.txt").read_text() == "flushed"
 
 
 def test_an_error_is_one_line_with_exit_code_1(demo):

@@ -2,6 +2,7 @@
 stages and flows on top, and only the package installed."""
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,6 +78,22 @@ def test_the_base_layers_need_only_the_base_install(path: Path):
     foreign = imported_packages(path) - BASE_INSTALL - set(sys.stdlib_module_names) - {
         "rarespecies"}
     assert not foreign, f"{module_name(path)} imports {sorted(foreign)}: not in the base install"
+
+
+@pytest.mark.parametrize("path", [p for p in all_modules() if not p.is_relative_to(ROOT / "tests")],
+                         ids=lambda p: module_name(p))
+def test_nothing_the_stages_run_imports_scikit_learn(path: Path):
+    """stages/__init__.py keeps Keras from importing scikit-learn in stage processes."""
+    assert "sklearn" not in imported_packages(path)
+
+
+def test_stage_processes_import_keras_without_scikit_learn():
+    code = ("import stages, sys; import keras; from rarespecies.runtime.metrics import score; "
+            "print(sorted(name for name, module in sys.modules.items() if module and "
+            "name.split('.')[0] == 'sklearn' or name == 'scipy.stats'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout.strip() == "[]"
 
 
 def test_package_init_files_hold_only_their_docstring():

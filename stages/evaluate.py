@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from rarespecies.config import paths
+from rarespecies.config.plan import check_declared
 from rarespecies.core.console import Debug, run_command, run_stage
 from rarespecies.core.files import read_json
 from rarespecies.modeling.evaluate import evaluate, write_headline
@@ -16,6 +17,7 @@ from rarespecies.modeling.evaluate import evaluate, write_headline
 
 def work(model: str) -> str:
     """Evaluate on the inputs the model's training report names."""
+    check_declared("trained", model)
     trained = read_json(paths.train_report(model))
     metrics = evaluate(paths.model_file(model),
                        paths.inputs_dir(trained["inputs"], trained["backbone"]),

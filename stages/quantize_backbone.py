@@ -9,12 +9,14 @@ import typer
 
 from rarespecies.config import paths
 from rarespecies.config.params import load_params
+from rarespecies.config.plan import check_declared
 from rarespecies.core.console import Debug, run_command, run_stage
 from rarespecies.export.quantize import describe, quantize_backbone
 
 
 def work(backbone: str) -> str:
     """Quantize with the `quantize` keys of params.yaml but `max_f1_drop`."""
+    check_declared("cached", backbone)
     params = load_params().quantize
     path = paths.backbone_int8(backbone)
     quantize_backbone(paths.backbone_graph(backbone), paths.arrays_dir(backbone), path, params)

@@ -49,6 +49,18 @@ def declared(dvc_yaml: Path = DVC_YAML) -> dict:
     return found
 
 
+def check_declared(kind: str, name: str, dvc_yaml: Path = DVC_YAML) -> None:
+    """Fail unless dvc.yaml's `vars.<kind>` ("trained" or "cached") lists `name`.
+
+    Raises:
+        PlanError: naming what it lists.
+    """
+    names = list(declared(dvc_yaml).get(kind, []))
+    if name not in names:
+        raise PlanError(f"unknown {'model' if kind == 'trained' else 'backbone'} '{name}'; "
+                        f"{dvc_yaml} lists under vars.{kind}: {', '.join(names)}")
+
+
 def check_model(params: Params, model: str, dvc_yaml: Path = DVC_YAML) -> dict:
     """Fail unless dvc.yaml declares `model`'s inputs as its settings imply.
 

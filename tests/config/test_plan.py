@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from rarespecies.config.params import load_params, parse_params
-from rarespecies.config.plan import PlanError, check_model, declared, plan
+from rarespecies.config.plan import PlanError, check_declared, check_model, declared, plan
 
 from conftest import ROOT, tiny_params
 
@@ -40,3 +40,11 @@ def test_augmentation_moves_a_model_to_images_and_the_check_says_what_to_write(t
         check_model(params, "convnext_full", ROOT / "dvc.yaml")
     assert check_model(params, "custom_cnn", ROOT / "dvc.yaml") == {"inputs": "arrays",
                                                                     "backbone": "pixels"}
+
+
+@pytest.mark.parametrize(("kind", "known"), [("trained", "convnext_full"),
+                                             ("cached", "convnext_base")])
+def test_a_name_dvc_yaml_does_not_declare_is_refused_with_the_ones_it_does(kind, known):
+    check_declared(kind, known, ROOT / "dvc.yaml")
+    with pytest.raises(PlanError, match=rf"unknown \w+ 'nosuch'; .* vars.{kind}: .*{known}"):
+        check_declared(kind, "nosuch", ROOT / "dvc.yaml")

@@ -52,6 +52,7 @@ VARIANTS: dict[str, tuple[int, dict]] = {
     "no memory arena": (THREADS, {"cpu_mem_arena": False}),
     "level basic": (THREADS, {"graph_optimization_level": "basic"}),
     "level extended": (THREADS, {"graph_optimization_level": "extended"}),
+    "GELU approximated (tanh)": (THREADS, {"gelu_approximation": True}),
 }
 
 

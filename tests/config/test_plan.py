@@ -29,6 +29,17 @@ def test_every_stage_can_use_the_run_cache():
     assert len(stages) >= 20 and not blocking
 
 
+def test_dvc_lock_records_only_stages_dvc_yaml_defines():
+    """DVC never drops a renamed or removed stage's entry from dvc.lock; a stale one reads as
+    a result of the pipeline, and every stage run rewrites it."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        defined = {stage.addressing for stage in repo.index.stages}
+    locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
+    assert locked - defined == set()
+
+
 def test_augmentation_moves_a_model_to_images_and_the_check_says_what_to_write(tmp_path):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["models"]["convnext_full"]["training"]["augmentation"] = {"flip": True}

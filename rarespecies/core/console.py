@@ -129,7 +129,10 @@ def _skip_teardown() -> None:
     handlers still run."""
     for obj in gc.get_objects():
         # type(), not isinstance(): no attribute of a proxy or lazy module is touched.
-        if issubclass(type(obj), io.IOBase) and not obj.closed:
-            with suppress(Exception):  # a file another thread closes meanwhile
-                obj.flush()
+        if issubclass(type(obj), io.IOBase):
+            # Nothing here may replace the command's exit: a stream closed meanwhile, or one
+            # that cannot flush (a broken pipe), is left as it is.
+            with suppress(Exception):
+                if not obj.closed:
+                    obj.flush()
     gc.freeze()

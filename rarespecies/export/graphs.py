@@ -60,6 +60,14 @@ def join(backbone: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto:
     clash = _names(graph) & _names(part)
     if clash:
         raise GraftError(f"names in both the backbone and the head graph: {sorted(clash)[:3]}")
+    # One entry per domain (onnxruntime's quantizer refuses a file listing ai.onnx twice).
+    opsets: dict[str, int] = {}
+    for entry in (*backbone.opset_import, *head.opset_import):
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        if opsets.setdefault(domain, entry.version) != entry.version:
+            raise GraftError(f"the backbone and the head import {domain or 'ai.onnx'} at "
+                             f"versions {opsets[domain]} and {entry.version}")
+    # Every check above comes before the first change to `backbone`.
     feeds = part.input[0].name
     for node in part.node:
         node.input[:] = [FEATURES if name == feeds else name for name in node.input]
@@ -68,13 +76,6 @@ def join(backbone: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto:
     del graph.output[:]
     graph.output.extend(part.output)
     _rename_output(graph, HEAD_PREFIX + OUTPUT_NAME, OUTPUT_NAME)
-    # One entry per domain (onnxruntime's quantizer refuses a file listing ai.onnx twice).
-    opsets: dict[str, int] = {}
-    for entry in (*backbone.opset_import, *head.opset_import):
-        domain = "" if entry.domain == "ai.onnx" else entry.domain
-        if opsets.setdefault(domain, entry.version) != entry.version:
-            raise GraftError(f"the backbone and the head import {domain or 'ai.onnx'} at "
-                             f"versions {opsets[domain]} and {entry.version}")
     del backbone.opset_import[:]
     backbone.opset_import.extend(onnx.helper.make_opsetid(domain, version)
                                  for domain, version in sorted(opsets.items()))

@@ -47,9 +47,11 @@ def test_a_name_in_both_graphs_is_refused():
         join(_backbone(), _head(name="neg"))
 
 
-def test_operator_sets_at_other_versions_are_refused():
+def test_operator_sets_at_other_versions_are_refused_leaving_the_backbone_as_it_was():
+    backbone = _backbone()
     with pytest.raises(GraftError, match="versions 17 and 13"):
-        join(_backbone(), _head(opset=13))
+        join(backbone, _head(opset=13))
+    assert backbone == _backbone()
 
 
 def test_a_backbone_without_the_features_output_is_refused():
